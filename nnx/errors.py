@@ -1,0 +1,87 @@
+"""Errors raised by nnx.
+
+Every nnx error derives from :class:`NNXError` and says three things: what went wrong, where
+(the class and the path in the model, e.g. ``model.blocks[3].attn``), and how to fix it.
+Each concrete class also derives from the builtin exception a caller would naturally catch
+(``ValueError``, ``TypeError``, ``KeyError``), so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+__all__ = [
+    "FilterError",
+    "GraphDefMismatchError",
+    "MergeError",
+    "NNXError",
+    "RngStreamError",
+    "StaticAttributeError",
+    "UpdateError",
+    "format_path",
+]
+
+
+class NNXError(Exception):
+    """Base class of every error raised by nnx."""
+
+
+class FilterError(NNXError, ValueError):
+    """A filter set did not cover the state, or a filter could not be understood."""
+
+
+class UpdateError(NNXError, ValueError):
+    """`nnx.update` got a state that does not fit the model; the model is left unchanged."""
+
+
+class MergeError(NNXError, ValueError):
+    """`nnx.merge` got states that do not fit the GraphDef."""
+
+
+class GraphDefMismatchError(MergeError):
+    """A State was merged with a GraphDef of a different structure."""
+
+
+class StaticAttributeError(NNXError, TypeError):
+    """A static (non-data) attribute cannot go into a GraphDef (usually: it is unhashable)."""
+
+
+class RngStreamError(NNXError, AttributeError, KeyError):
+    """An RNG stream was requested that the Rngs object does not have."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+def format_path(path: Sequence[Hashable], root: str = "model") -> str:
+    """Formats a state path the way a user would write it in Python.
+
+    Args:
+      path: a tuple of attribute names (str) and container keys (int or str).
+      root: the name used for the root object.
+
+    Returns:
+      A string such as ``model.blocks[3].attn``.
+
+    Example:
+      >>> format_path(('blocks', 3, 'attn', 'kernel'))
+      'model.blocks[3].attn.kernel'
+      >>> format_path(())
+      'model'
+    """
+    out = root
+    for part in path:
+        if isinstance(part, str) and part.isidentifier():
+            out += f".{part}"
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def short_list(items: Sequence[Any], limit: int = 10) -> str:
+    """One item a line, at most `limit` lines, then a count of the rest."""
+    lines = [f"  {item}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more")
+    return "\n".join(lines)

@@ -1,0 +1,860 @@
+"""The graph core: split any object graph into a GraphDef and a State, and merge them back.
+
+flatten walks the graph depth first, attributes in sorted order. Every object with identity
+(a Pytree such as a Module or Rngs, a tracked List/Dict, a Variable) gets an index the first
+time it is seen; seeing it again emits a reference, which is how shared layers, tied weights
+and cycles survive a round trip. Tuples and other JAX pytrees are walked as plain structure.
+
+The result of a flatten is cached on the root object and reused while nothing structural
+changed anywhere in the graph (see ``_version.py``): a repeated ``split``/``state``/``update``
+of an unchanged model only touches its Variables.
+
+Example:
+  >>> class Block(nnx.Module):
+  ...   def __init__(self, shared):
+  ...     self.shared = shared
+  ...     self.w = nnx.Param(jnp.ones(2))
+  >>> shared = nnx.Param(jnp.zeros(2))
+  >>> model = nnx.List([Block(shared), Block(shared)])
+  >>> graphdef, state = nnx.split(model)
+  >>> sorted(state.flat_state().paths)
+  [(0, 'shared'), (0, 'w'), (1, 'w')]
+  >>> copy = nnx.merge(graphdef, state)
+  >>> copy[0].shared is copy[1].shared
+  True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any
+
+import jax
+
+from . import _version
+from .errors import (
+    GraphDefMismatchError,
+    MergeError,
+    StaticAttributeError,
+    UpdateError,
+    format_path,
+    short_list,
+)
+from .filters import Filter
+from .pytreelib import Dict, List, Pytree, is_array, is_data
+from .state import State, _flat_pairs, _split_pairs, from_flat_state
+from .variables import Variable
+
+__all__ = [
+    "GraphDef",
+    "call",
+    "clone",
+    "flatten",
+    "graphdef",
+    "is_node",
+    "iter_children",
+    "iter_graph",
+    "merge",
+    "pop",
+    "split",
+    "state",
+    "unflatten",
+    "update",
+]
+
+Path = tuple[Hashable, ...]
+
+# Child definitions are plain tuples (cheap to build, hash and compare):
+#   (_REF, index)                          an identity object seen before
+#   (_VAR, index, variable_type)           a Variable, first sighting; consumes one leaf
+#   (_LEAF,)                               a raw array leaf; consumes one leaf
+#   (_STATIC, value)                       a static value
+#   (_NODE, kind, type, index, children, fields)   a Pytree / List / Dict, first sighting
+#   (_TREE, treedef, children)             a JAX pytree without identity (tuple, namedtuple...)
+# where children is a tuple of (key, child definition).
+_REF, _VAR, _LEAF, _STATIC, _NODE, _TREE = range(6)
+_OBJ, _LIST, _DICT = range(3)
+_ROOT_NAME = "model"
+
+
+def is_node(value: Any) -> bool:
+    """True for objects the graph walks with identity: Pytrees (Modules, Rngs), List, Dict."""
+    return isinstance(value, Pytree | List | Dict)
+
+
+def _kind(value: Any) -> int | None:
+    if isinstance(value, Pytree):
+        return _OBJ
+    if isinstance(value, List):
+        return _LIST
+    if isinstance(value, Dict):
+        return _DICT
+    return None
+
+
+def _items(value: Any, kind: int) -> list[tuple[Hashable, Any]]:
+    if kind == _OBJ:
+        return value._nnx_items()
+    if kind == _LIST:
+        return list(enumerate(value))
+    return [(k, dict.__getitem__(value, k)) for k in sorted(value, key=_sort_key)]
+
+
+def _sort_key(key: Any) -> tuple[int, Any]:
+    if isinstance(key, int):
+        return (0, key)
+    if isinstance(key, str):
+        return (1, key)
+    return (2, repr(key))
+
+
+def _plain_key(entry: Any) -> Hashable:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+# -- GraphDef -----------------------------------------------------------------------------
+class GraphDef:
+    """The static structure of an object graph: types, static attributes, sharing. No arrays.
+
+    Immutable, hashable, and equal for equal structures, so it can key a ``jax.jit`` cache.
+    """
+
+    __slots__ = ("_hash", "leaf_paths", "leaf_types", "num_nodes", "root")
+
+    def __init__(self, root: tuple, num_nodes: int, leaf_paths: tuple, leaf_types: tuple):
+        self.root = root
+        self.num_nodes = num_nodes
+        self.leaf_paths = leaf_paths
+        self.leaf_types = leaf_types
+        self._hash = hash((root, num_nodes))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, GraphDef):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.num_nodes == other.num_nodes
+            and (self.root == other.root)
+        )
+
+    def __repr__(self) -> str:
+        root = self.root
+        name = root[2].__name__ if root[0] == _NODE else type(root).__name__
+        return f"GraphDef({name}, nodes={self.num_nodes}, leaves={len(self.leaf_paths)})"
+
+    def apply(self, state: Mapping, *states: Mapping) -> _CallProxy:
+        """Functional call: ``out, (graphdef, new_state) = graphdef.apply(state)(x)``."""
+        return _CallProxy(self, (state, *states), ())
+
+
+jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
+
+
+# -- flatten ------------------------------------------------------------------------------
+class _Flat:
+    """One flatten result: the GraphDef, the leaves in order, and what is needed to validate
+    and reuse it (the identity objects and their stamps)."""
+
+    __slots__ = ("clock", "graphdef", "leaves", "nodes", "path_index", "paths", "slots", "stamps")
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.leaves: list[Any] = []  # Variables, or raw values for _LEAF slots
+        self.paths: list[Path] = []
+        self.slots: list[Any] = []  # None for Variables; (owner, key, subpath) for raw leaves
+        self.path_index: dict[Path, int] | None = None
+        self.clock = _version.now()
+
+    def valid(self) -> bool:
+        now = _version.now()
+        if self.clock == now:
+            return True
+        for obj, stamp in zip(self.nodes, self.stamps, strict=True):
+            if getattr(obj, "_nnx_stamp", 0) != stamp:
+                return False
+        self.clock = now
+        return True
+
+    def refresh_raw_leaves(self) -> None:
+        for i, slot in enumerate(self.slots):
+            if slot is not None:
+                self.leaves[i] = _read_slot(slot)
+
+    def index(self) -> dict[Path, int]:
+        if self.path_index is None:
+            self.path_index = {p: i for i, p in enumerate(self.paths)}
+        return self.path_index
+
+
+def _flatten_full(root: Any) -> _Flat:
+    flat = _Flat()
+    index: dict[int, int] = {}
+    nodes, leaves, paths, slots = flat.nodes, flat.leaves, flat.paths, flat.slots
+    leaf_types: list[type | None] = []
+
+    def visit(
+        value: Any, path: Path, owner: Any, key: Any, subpath: Path, force: bool = False
+    ) -> tuple:
+        if isinstance(value, Variable):
+            i = index.get(id(value))
+            if i is not None:
+                return (_REF, i)
+            i = index[id(value)] = len(nodes)
+            nodes.append(value)
+            leaves.append(value)
+            paths.append(path)
+            slots.append(None)
+            leaf_types.append(type(value))
+            return (_VAR, i, type(value))
+        kind = _kind(value)
+        if kind is not None:
+            i = index.get(id(value))
+            if i is not None:
+                return (_REF, i)
+            i = index[id(value)] = len(nodes)
+            nodes.append(value)
+            children = []
+            for k, v in _items(value, kind):
+                child_path = (*path, k)
+                if kind == _OBJ and not value._nnx_is_data(k, v):
+                    children.append((k, _static(v, value, k, path)))
+                else:
+                    forced = kind == _OBJ and _forced_data(value, k)
+                    children.append((k, visit(v, child_path, value, k, (), forced)))
+            fields = ()
+            if kind == _OBJ:
+                f = value.__dict__.get("_nnx_fields")
+                fields = tuple(sorted(f.items())) if f else ()
+            return (_NODE, kind, type(value), i, tuple(children), fields)
+        if is_array(value) or (force and _is_pytree_leaf(value)):
+            leaves.append(value)
+            paths.append(path)
+            slots.append((owner, key, subpath))
+            leaf_types.append(None)
+            return (_LEAF,)
+        if force or is_data(value) or _is_pytree_with_data(value):
+            pairs, treedef = jax.tree_util.tree_flatten_with_path(
+                value, is_leaf=lambda x: x is not value
+            )
+            children = []
+            for keypath, child in pairs:
+                k = _plain_key(keypath[0])
+                children.append((k, visit(child, (*path, k), owner, key, (*subpath, keypath[0]))))
+            return (_TREE, treedef, tuple(children))
+        return _static(value, owner, key, path[:-1])
+
+    root_def = visit(root, (), None, None, ())
+    flat.stamps = [getattr(n, "_nnx_stamp", 0) for n in nodes]
+    flat.graphdef = GraphDef(root_def, len(nodes), tuple(paths), tuple(leaf_types))
+    return flat
+
+
+def _forced_data(obj: Pytree, name: str) -> bool:
+    fields = obj.__dict__.get("_nnx_fields")
+    return bool(fields and fields.get(name))
+
+
+def _is_pytree_leaf(value: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(value, is_leaf=lambda x: x is not value)
+    return len(leaves) == 1 and leaves[0] is value
+
+
+def _is_pytree_with_data(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool | complex | type):
+        return False
+    leaves = jax.tree_util.tree_leaves(value, is_leaf=lambda x: x is not value)
+    if len(leaves) == 1 and leaves[0] is value:
+        return False
+    return any(is_data(leaf) or _is_pytree_with_data(leaf) for leaf in leaves)
+
+
+_STATIC_FIX = (
+    "Static attributes are part of the GraphDef, which must be hashable. Fix, one of:\n"
+    "  1. make the value hashable (a tuple instead of a list, a frozen dataclass);\n"
+    "  2. if it holds arrays or state, mark it as data: self.{name} = nnx.data(value);\n"
+    "  3. if it is configuration you never compare, wrap it in an object that hashes by id."
+)
+
+
+def _static(value: Any, owner: Any, key: Any, owner_path: Path) -> tuple:
+    try:
+        hash(value)
+    except TypeError:
+        where = format_path((*owner_path, key), _ROOT_NAME)
+        raise StaticAttributeError(
+            f"{type(owner).__name__} at {format_path(owner_path, _ROOT_NAME)} has a static "
+            f"attribute {key!r} holding an unhashable {type(value).__name__} ({where}).\n"
+            + _STATIC_FIX.format(name=key)
+        ) from None
+    return (_STATIC, value)
+
+
+def _read_slot(slot: tuple) -> Any:
+    owner, key, subpath = slot
+    if owner is None:
+        raise MergeError("internal: a raw root leaf has no owner")  # pragma: no cover
+    value = _get_child(owner, key)
+    for entry in subpath:
+        value = _child_by_keyentry(value, entry)
+    return value
+
+
+def _get_child(owner: Any, key: Any) -> Any:
+    if isinstance(owner, Pytree):
+        return owner.__dict__[key]
+    if isinstance(owner, List):
+        return list.__getitem__(owner, key)
+    return dict.__getitem__(owner, key)
+
+
+def _set_child(owner: Any, key: Any, value: Any) -> None:
+    # A raw value written in place of a raw value: not a structural change, no stamp.
+    if isinstance(owner, Pytree):
+        object.__setattr__(owner, key, value)
+    elif isinstance(owner, List):
+        list.__setitem__(owner, key, value)
+    else:
+        dict.__setitem__(owner, key, value)
+
+
+def _child_by_keyentry(value: Any, entry: Any) -> Any:
+    pairs, _ = jax.tree_util.tree_flatten_with_path(value, is_leaf=lambda x: x is not value)
+    for keypath, child in pairs:
+        if keypath[0] == entry:
+            return child
+    raise KeyError(entry)
+
+
+def _replace_by_keyentry(value: Any, subpath: Path, new: Any) -> Any:
+    if not subpath:
+        return new
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(value, is_leaf=lambda x: x is not value)
+    children = [
+        _replace_by_keyentry(c, subpath[1:], new) if kp[0] == subpath[0] else c for kp, c in pairs
+    ]
+    return treedef.unflatten(children)
+
+
+def _write_slot(slot: tuple, new: Any) -> None:
+    owner, key, subpath = slot
+    if subpath:
+        new = _replace_by_keyentry(_get_child(owner, key), subpath, new)
+    _set_child(owner, key, new)
+
+
+# -- the structure cache ------------------------------------------------------------------
+_MULTI_CACHE_SIZE = 8
+
+
+def _flatten_cached(root: Any) -> _Flat:
+    """The flatten of `root`, reused while no structural change happened in its graph."""
+    if isinstance(root, Pytree):
+        d = root.__dict__
+        flat = d.get("_nnx_cache")
+        if flat is not None and flat.nodes[0] is root and flat.valid():
+            if any(flat.slots):
+                flat.refresh_raw_leaves()
+            return flat
+        flat = _flatten_full(root)
+        d["_nnx_cache"] = flat
+        return flat
+    if isinstance(root, List | Dict):
+        flat = getattr(root, "_nnx_cache", None)
+        if flat is not None and flat.nodes[0] is root and flat.valid():
+            if any(flat.slots):
+                flat.refresh_raw_leaves()
+            return flat
+        flat = _flatten_full(root)
+        object.__setattr__(root, "_nnx_cache", flat)
+        return flat
+    if type(root) is tuple and root and all(is_node(r) for r in root):
+        return _flatten_multi(root)
+    return _flatten_full(root)
+
+
+def _flatten_multi(roots: tuple) -> _Flat:
+    # Several roots (as transforms pass them): cached on the first root, keyed by identities.
+    first = roots[0]
+    holder = first.__dict__ if isinstance(first, Pytree) else None
+    if holder is None:
+        return _flatten_full(roots)
+    cache = holder.get("_nnx_multi")
+    if cache is None:
+        cache = holder["_nnx_multi"] = {}
+    key = tuple(map(id, roots))
+    flat = cache.get(key)
+    # Ids cannot be reused while the entry holds the roots alive, so the key is exact.
+    if flat is not None and flat.valid():
+        if any(flat.slots):
+            flat.refresh_raw_leaves()
+        return flat
+    flat = _flatten_full(roots)
+    if len(cache) >= _MULTI_CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = flat
+    return flat
+
+
+# -- public API: flatten / unflatten ------------------------------------------------------
+def flatten(node: Any) -> tuple[GraphDef, list[tuple[Path, Any]]]:
+    """Flattens an object graph into its GraphDef and its (path, leaf) pairs.
+
+    The leaves are the graph's own Variables (not copies); use :func:`split` for a snapshot.
+    """
+    flat = _flatten_cached(node)
+    return flat.graphdef, list(zip(flat.paths, flat.leaves, strict=True))
+
+
+def unflatten(graphdef: GraphDef, state: Mapping | list, *, copy: bool = True) -> Any:
+    """Rebuilds an object graph from a GraphDef and a State (or a list of leaves in order).
+
+    Args:
+      graphdef: the structure, from :func:`split` or :func:`graphdef`.
+      state: a State covering exactly the GraphDef's leaves, or the leaves as a list in
+        GraphDef order (raw values are wrapped in the Variable type the GraphDef records).
+      copy: copy Variables out of `state` (the default) so the new graph does not alias it.
+
+    Raises:
+      GraphDefMismatchError: the state's paths are not those of the GraphDef.
+    """
+    if isinstance(state, Mapping):
+        leaves = _leaves_for(graphdef, [state])
+    else:
+        leaves = list(state)
+        if len(leaves) != len(graphdef.leaf_paths):
+            raise GraphDefMismatchError(
+                f"unflatten got {len(leaves)} leaves but the GraphDef has "
+                f"{len(graphdef.leaf_paths)}."
+            )
+    return _build(graphdef, leaves, copy)
+
+
+def _build(graphdef: GraphDef, leaves: list, copy: bool) -> Any:
+    nodes: list[Any] = [None] * graphdef.num_nodes
+    it = iter(leaves)
+
+    def build(cd: tuple) -> Any:
+        tag = cd[0]
+        if tag == _REF:
+            return nodes[cd[1]]
+        if tag == _VAR:
+            leaf = next(it)
+            vtype = cd[2]
+            if isinstance(leaf, Variable):
+                var = leaf.copy() if copy else leaf
+            else:
+                var = vtype.__new__(vtype)
+                Variable.__init__(var, leaf)
+            nodes[cd[1]] = var
+            return var
+        if tag == _LEAF:
+            leaf = next(it)
+            return leaf._value if isinstance(leaf, Variable) else leaf
+        if tag == _STATIC:
+            return cd[1]
+        if tag == _NODE:
+            _, kind, typ, i, children, fields = cd
+            if kind == _OBJ:
+                obj = object.__new__(typ)
+                nodes[i] = obj
+                d = obj.__dict__
+                for k, c in children:
+                    d[k] = build(c)
+                if fields:
+                    d["_nnx_fields"] = dict(fields)
+                return obj
+            obj = typ.__new__(typ)
+            object.__setattr__(obj, "_nnx_stamp", 0)
+            nodes[i] = obj
+            if kind == _LIST:
+                list.extend(obj, [build(c) for _, c in children])
+            else:
+                for k, c in children:
+                    dict.__setitem__(obj, k, build(c))
+            return obj
+        # _TREE
+        return cd[1].unflatten([build(c) for _, c in cd[2]])
+
+    return build(graphdef.root)
+
+
+def _state_pairs(states: tuple[Mapping, ...]) -> list[tuple[Path, Any]]:
+    pairs: list[tuple[Path, Any]] = []
+    for s in states:
+        pairs.extend(_flat_pairs(s))
+    return pairs
+
+
+def _normalize(path: Path, index: Mapping[Path, int]) -> Path:
+    """Maps stringified integer keys ('0', as orbax returns them) back to ints."""
+    if path in index:
+        return path
+    fixed = tuple(int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k for k in path)
+    return fixed if fixed in index else path
+
+
+def _leaves_for(graphdef: GraphDef, states: list[Mapping]) -> list[Any]:
+    index = {p: i for i, p in enumerate(graphdef.leaf_paths)}
+    leaves: list[Any] = [_MISSING] * len(index)
+    extra: list[Path] = []
+    wrong_type: list[str] = []
+    for path, leaf in _state_pairs(tuple(states)):
+        path = _normalize(path, index)
+        i = index.get(path)
+        if i is None:
+            extra.append(path)
+            continue
+        expected = graphdef.leaf_types[i]
+        if expected is not None and isinstance(leaf, Variable) and type(leaf) is not expected:
+            wrong_type.append(
+                f"{format_path(path)}: state has {type(leaf).__name__}, GraphDef expects "
+                f"{expected.__name__}"
+            )
+        leaves[i] = leaf
+    missing = [graphdef.leaf_paths[i] for i, v in enumerate(leaves) if v is _MISSING]
+    if extra or missing or wrong_type:
+        parts = []
+        if missing:
+            parts.append(
+                f"{len(missing)} paths of the GraphDef are missing from the state:\n"
+                + short_list([format_path(p) for p in missing])
+            )
+        if extra:
+            parts.append(
+                f"{len(extra)} paths of the state are not in the GraphDef:\n"
+                + short_list([format_path(p) for p in extra])
+            )
+        if wrong_type:
+            parts.append("Variable types differ:\n" + short_list(wrong_type))
+        raise GraphDefMismatchError(
+            f"merge: the state does not fit the GraphDef ({graphdef!r}).\n"
+            + "\n".join(parts)
+            + "\nFix: merge a state with the GraphDef that came from the same nnx.split, "
+            "and pass every state that split returned (nnx.merge(graphdef, *states))."
+        )
+    return leaves
+
+
+_MISSING: Any = object()
+
+
+# -- public API: split / merge / state / update -------------------------------------------
+def graphdef(node: Any, /) -> GraphDef:
+    """The GraphDef of an object graph."""
+    return _flatten_cached(node).graphdef
+
+
+def _snapshot_pairs(flat: _Flat) -> list[tuple[Path, Any]]:
+    return [
+        (p, leaf.copy() if slot is None else leaf)
+        for p, leaf, slot in zip(flat.paths, flat.leaves, flat.slots, strict=True)
+    ]
+
+
+def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
+    """Splits an object graph into its GraphDef and State(s).
+
+    With filters, one State per filter (each leaf goes to the first filter it matches); the
+    filters must cover the whole state. The States hold copies of the Variables: later changes
+    to the model do not change them (a saved State rolls the model back).
+
+    Raises:
+      FilterError: the filters leave some leaves unmatched.
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      ...     self.n = nnx.BatchStat(jnp.zeros(2))
+      >>> graphdef, params, rest = nnx.split(M(), nnx.Param, ...)
+      >>> list(params), list(rest)
+      (['w'], ['n'])
+    """
+    flat = _flatten_cached(node)
+    pairs = _snapshot_pairs(flat)
+    if not filters:
+        return flat.graphdef, from_flat_state(pairs)
+    return (flat.graphdef, *_split_pairs(pairs, filters, exhaustive=True))
+
+
+def merge(graphdef: GraphDef, state: Mapping, /, *states: Mapping, copy: bool = True) -> Any:
+    """Builds a new object graph from a GraphDef and the State(s) that :func:`split` returned.
+
+    Raises:
+      GraphDefMismatchError: the states' paths or Variable types do not fit the GraphDef.
+    """
+    if not isinstance(graphdef, GraphDef):
+        raise MergeError(
+            f"merge expects a GraphDef first, got {type(graphdef).__name__}. "
+            "Fix: graphdef, state = nnx.split(model); nnx.merge(graphdef, state)."
+        )
+    leaves = _leaves_for(graphdef, [state, *states])
+    return _build(graphdef, leaves, copy)
+
+
+def state(node: Any, /, *filters: Filter) -> Any:
+    """A snapshot State of the graph's Variables; with filters, only what they select.
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      ...     self.n = nnx.BatchStat(jnp.zeros(2))
+      >>> list(nnx.state(M(), nnx.BatchStat))
+      ['n']
+    """
+    flat = _flatten_cached(node)
+    pairs = _snapshot_pairs(flat)
+    if not filters:
+        return from_flat_state(pairs)
+    states = _split_pairs(pairs, filters, exhaustive=False)
+    return states[0] if len(filters) == 1 else states
+
+
+def update(node: Any, /, *states: Mapping) -> None:
+    """Writes the values (and metadata) of `states` into the graph's Variables, in place.
+
+    Every state path must exist in the graph, with the same Variable type and shape. Checked
+    before anything is written, so a failed update leaves the graph exactly as it was.
+
+    Raises:
+      UpdateError: unknown paths, wrong Variable types or shapes (all of them are listed).
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      >>> m = M()
+      >>> saved = nnx.state(m)
+      >>> m.w.value = m.w.value * 5
+      >>> nnx.update(m, saved)
+      >>> m.w.value.tolist()
+      [1.0, 1.0]
+    """
+    flat = _flatten_cached(node)
+    index = flat.index()
+    plan: list[tuple[int, Any]] = []
+    problems: list[str] = []
+    for path, leaf in _state_pairs(states):
+        path = _normalize(path, index)
+        i = index.get(path)
+        where = format_path(path)
+        if i is None:
+            problems.append(f"{where}: no such Variable in the model")
+            continue
+        target = flat.leaves[i]
+        if isinstance(leaf, Variable) and isinstance(target, Variable):
+            if type(leaf) is not type(target):
+                problems.append(
+                    f"{where}: the model has a {type(target).__name__}, the state a "
+                    f"{type(leaf).__name__}"
+                )
+                continue
+            value = leaf._value
+        elif isinstance(leaf, Variable):
+            value = leaf._value
+        else:
+            value = leaf
+        old = target._value if isinstance(target, Variable) else target
+        old_shape, new_shape = getattr(old, "shape", None), getattr(value, "shape", None)
+        if old_shape is not None and new_shape is not None and tuple(old_shape) != tuple(new_shape):
+            problems.append(
+                f"{where}: shape {tuple(new_shape)} in the state, {tuple(old_shape)} in the model"
+            )
+            continue
+        plan.append((i, leaf))
+    if problems:
+        raise UpdateError(
+            f"update: the state does not fit {type(node).__name__}; nothing was changed.\n"
+            + short_list(problems)
+            + "\nFix: update with a state taken from this model (nnx.state(model)), or "
+            "rebuild the model with the matching configuration."
+        )
+    for i, leaf in plan:
+        target = flat.leaves[i]
+        if isinstance(target, Variable):
+            if isinstance(leaf, Variable):
+                object.__setattr__(target, "_value", leaf._value)
+                if leaf._meta is not target._meta and leaf._meta != target._meta:
+                    target.set_metadata(dict(leaf._meta))
+            else:
+                object.__setattr__(target, "_value", leaf)
+        else:
+            value = leaf._value if isinstance(leaf, Variable) else leaf
+            _write_slot(flat.slots[i], value)
+            flat.leaves[i] = value
+
+
+def pop(node: Any, /, *filters: Filter) -> Any:
+    """Removes the Variables selected by `filters` from the graph and returns them.
+
+    Returns one State per filter (a single State for one filter).
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      ...     self.seen = nnx.Intermediate((jnp.ones(1),))
+      >>> m = M()
+      >>> popped = nnx.pop(m, nnx.Intermediate)
+      >>> list(popped), hasattr(m, 'seen')
+      (['seen'], False)
+    """
+    if not filters:
+        raise TypeError("pop needs at least one filter, e.g. nnx.pop(model, nnx.Intermediate).")
+    flat = _flatten_cached(node)
+    pairs = [
+        (p, leaf)
+        for p, leaf, s in zip(flat.paths, flat.leaves, flat.slots, strict=False)
+        if s is None
+    ]
+    states = _split_pairs(pairs, filters, exhaustive=False)
+    chosen = {id(leaf) for s in states for _, leaf in _flat_pairs(s)}
+    removals: list[tuple[Any, Any]] = []
+    for owner, key, value in _edges(node):
+        if isinstance(value, Variable) and id(value) in chosen:
+            removals.append((owner, key))
+    # Delete list items from the back so earlier indices stay valid.
+    removals.sort(key=lambda ok: -ok[1] if isinstance(ok[0], List) else 0)
+    for owner, key in removals:
+        if isinstance(owner, Pytree):
+            delattr(owner, key)
+        elif isinstance(owner, List | Dict):
+            del owner[key]
+    return states[0] if len(filters) == 1 else states
+
+
+def _edges(root: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """(owner, key, child) for each attribute/item of every identity node, each node once."""
+    seen: set[int] = set()
+    stack = [root] if is_node(root) else [v for v in _tree_children(root) if is_node(v)]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        kind = _kind(node)
+        for k, v in _items(node, kind):  # type: ignore[arg-type]
+            yield node, k, v
+            if is_node(v):
+                stack.append(v)
+            elif not isinstance(v, Variable) and not is_array(v):
+                stack.extend(c for c in _tree_children(v) if is_node(c))
+
+
+def _tree_children(value: Any) -> list[Any]:
+    if value is None or isinstance(value, str | int | float | bool):
+        return []
+    return jax.tree_util.tree_leaves(value, is_leaf=lambda x: is_node(x) or isinstance(x, Variable))
+
+
+def clone(node: Any, /) -> Any:
+    """A deep, independent copy of an object graph (sharing inside it is preserved)."""
+    return merge(*split(node))
+
+
+def iter_graph(node: Any, /) -> Iterator[tuple[Path, Any]]:
+    """Yields ``(path, value)`` for every node, Variable and array leaf, each once, children
+    before their parent (the root comes last, with path ``()``).
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      >>> [(p, type(v).__name__) for p, v in nnx.iter_graph([M()])]
+      [((0, 'w'), 'Param'), ((0,), 'M')]
+    """
+    seen: set[int] = set()
+
+    def walk(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+        if isinstance(value, Variable):
+            if id(value) not in seen:
+                seen.add(id(value))
+                yield path, value
+            return
+        kind = _kind(value)
+        if kind is not None:
+            if id(value) in seen:
+                return
+            seen.add(id(value))
+            for k, v in _items(value, kind):
+                if kind == _OBJ and not value._nnx_is_data(k, v):
+                    continue
+                yield from walk(v, (*path, k))
+            yield path, value
+            return
+        if is_array(value):
+            yield path, value
+            return
+        if isinstance(value, list | tuple | dict) or _is_pytree_with_data(value):
+            pairs, _ = jax.tree_util.tree_flatten_with_path(value, is_leaf=lambda x: x is not value)
+            for keypath, child in pairs:
+                yield from walk(child, (*path, _plain_key(keypath[0])))
+
+    yield from walk(node, ())
+
+
+def iter_children(node: Any, /) -> Iterator[tuple[Hashable, Any]]:
+    """Yields ``(key, child)`` for the direct child nodes and Variables of a node."""
+    kind = _kind(node)
+    if kind is None:
+        return
+    for k, v in _items(node, kind):
+        if is_node(v) or isinstance(v, Variable):
+            yield k, v
+
+
+# -- functional calls ---------------------------------------------------------------------
+class _CallProxy:
+    """``proxy(*args)`` or ``proxy.method(*args)`` merges, calls, splits, and returns
+    ``(output, (graphdef, state))``."""
+
+    def __init__(self, graphdef: GraphDef, states: tuple[Mapping, ...], names: tuple[str, ...]):
+        self._graphdef = graphdef
+        self._states = states
+        self._names = names
+
+    def __getattr__(self, name: str) -> _CallProxy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _CallProxy(self._graphdef, self._states, (*self._names, name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[GraphDef, State]]:
+        obj = merge(self._graphdef, *self._states)
+        fn: Callable = obj
+        for name in self._names:
+            fn = getattr(fn, name)
+        out = fn(*args, **kwargs)
+        new_graphdef, new_state = split(obj)
+        return out, (new_graphdef, new_state)
+
+
+def call(graphdef_state: Any, /, *states: Mapping) -> _CallProxy:
+    """Functional call of a split model.
+
+    Accepts ``call((graphdef, state))`` (flax's form) or ``call(graphdef, state)``.
+
+    Example:
+      >>> class Counter(nnx.Module):
+      ...   def __init__(self):
+      ...     self.n = nnx.BatchStat(jnp.array(0))
+      ...   def __call__(self, x):
+      ...     self.n.value += 1
+      ...     return x * 2
+      >>> graphdef, st = nnx.split(Counter())
+      >>> y, (graphdef, st) = nnx.call((graphdef, st))(3)
+      >>> y, int(st['n'].value)
+      (6, 1)
+    """
+    if isinstance(graphdef_state, GraphDef):
+        return _CallProxy(graphdef_state, states, ())
+    graphdef_, *rest = graphdef_state
+    return _CallProxy(graphdef_, (*rest, *states), ())

@@ -1,0 +1,183 @@
+"""Module: the base class of every layer and model.
+
+A Module is a plain Python class. Attributes holding Variables, sub-Modules, Rngs, arrays, or
+lists/dicts/tuples of those are its state; everything else is static configuration. There is
+no ``setup``, no ``init``/``apply``: build it and call it.
+
+Example:
+  >>> class Linear(nnx.Module):
+  ...   def __init__(self, din, dout, *, rngs):
+  ...     self.w = nnx.Param(jax.random.normal(rngs.params(), (din, dout)))
+  ...     self.b = nnx.Param(jnp.zeros(dout))
+  ...     self.din, self.dout = din, dout
+  ...   def __call__(self, x):
+  ...     return x @ self.w + self.b
+  >>> model = Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> model(jnp.ones((4, 2))).shape
+  (4, 3)
+  >>> sum(x.size for x in jax.tree.leaves(model))
+  9
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+import jax.numpy as jnp
+
+from ._repr import object_repr, value_summary
+from .filters import Filter, to_predicate
+from .graph import iter_graph
+from .pytreelib import Pytree
+from .variables import Perturbation, Variable, variable_type_from_name
+
+__all__ = ["Module"]
+
+Path = tuple[Hashable, ...]
+
+
+def _append(old: tuple, value: Any) -> tuple:
+    return (*old, value)
+
+
+def _empty() -> tuple:
+    return ()
+
+
+_printing = threading.local()
+
+
+class Module(Pytree):
+    """Base class for layers and models; see the module docstring."""
+
+    def sow(
+        self,
+        variable_type: type[Variable] | str,
+        name: str,
+        value: Any,
+        reduce_fn: Callable[[Any, Any], Any] = _append,
+        init_fn: Callable[[], Any] = _empty,
+    ) -> None:
+        """Stores an intermediate value in a Variable attribute `name`.
+
+        By default values accumulate in a tuple: the first call stores ``(value,)``, the next
+        ``(value0, value1)``. Retrieve them with ``nnx.pop(model, nnx.Intermediate)``.
+
+        Example:
+          >>> class M(nnx.Module):
+          ...   def __call__(self, x):
+          ...     self.sow(nnx.Intermediate, 'h', x * 2)
+          ...     return x
+          >>> m = M(); _ = m(1); _ = m(2)
+          >>> m.h.value
+          (2, 4)
+        """
+        if isinstance(variable_type, str):
+            variable_type = variable_type_from_name(variable_type, allow_register=True)
+        current = self.__dict__.get(name)
+        if current is None:
+            setattr(self, name, variable_type(reduce_fn(init_fn(), value)))
+        elif isinstance(current, variable_type):
+            current.value = reduce_fn(current.value, value)
+        else:
+            raise TypeError(
+                f"{type(self).__name__}.sow({variable_type.__name__}, {name!r}, ...): the "
+                f"attribute {name!r} already holds a {type(current).__name__}, not a "
+                f"{variable_type.__name__}. Fix: sow under another name."
+            )
+
+    def perturb(self, name: str, value: Any, variable_type: type[Variable] = Perturbation) -> Any:
+        """Adds a zero-valued Variable `name` to `value`, so gradients w.r.t. that Variable are
+        gradients w.r.t. the intermediate `value`.
+
+        The first call creates the Variable (zeros of the value's shape and dtype).
+        """
+        if name not in self.__dict__:
+            setattr(self, name, variable_type(jnp.zeros_like(value)))
+        return value + getattr(self, name).value
+
+    def iter_modules(self) -> Iterator[tuple[Path, Module]]:
+        """Yields ``(path, module)`` for this module and every sub-module, each once,
+        children first (this module last, with path ``()``)."""
+        for path, value in iter_graph(self):
+            if isinstance(value, Module):
+                yield path, value
+
+    def iter_children(self) -> Iterator[tuple[Hashable, Module]]:
+        """Yields ``(name, module)`` for the direct sub-module attributes."""
+        for name, value in self._nnx_items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def set_attributes(
+        self, *filters: Filter, raise_if_not_found: bool = True, **attributes: Any
+    ) -> None:
+        """Sets attributes on this module and its sub-modules that already have them.
+
+        Args:
+          *filters: restrict to modules matching any filter (by type, path...); all by default.
+          raise_if_not_found: raise if some attribute exists on no selected module.
+          **attributes: the attributes and their new values.
+
+        Example:
+          >>> class Drop(nnx.Module):
+          ...   def __init__(self):
+          ...     self.deterministic = False
+          >>> m = nnx.List([Drop()])
+          >>> outer = nnx.Module(); outer.layers = m
+          >>> outer.set_attributes(deterministic=True)
+          >>> m[0].deterministic
+          True
+        """
+        predicates = [to_predicate(f) for f in filters]
+        found: set[str] = set()
+        for path, module in self.iter_modules():
+            if predicates and not any(p(path, module) for p in predicates):
+                continue
+            for name, value in attributes.items():
+                if name in module.__dict__:
+                    setattr(module, name, value)
+                    found.add(name)
+        missing = set(attributes) - found
+        if missing and raise_if_not_found:
+            raise AttributeError(
+                f"set_attributes: no module in this {type(self).__name__} has the "
+                f"attribute(s) {sorted(missing)}. Fix: check the spelling, or pass "
+                "raise_if_not_found=False."
+            )
+
+    def train(self, **attributes: Any) -> None:
+        """Training mode: ``deterministic=False`` (Dropout) and ``use_running_average=False``
+        (BatchNorm) wherever a sub-module has them, plus any extra `attributes`."""
+        self.set_attributes(
+            deterministic=False, use_running_average=False, raise_if_not_found=False
+        )
+        if attributes:
+            self.set_attributes(**attributes)
+
+    def eval(self, **attributes: Any) -> None:
+        """Evaluation mode: ``deterministic=True``, ``use_running_average=True``."""
+        self.set_attributes(deterministic=True, use_running_average=True, raise_if_not_found=False)
+        if attributes:
+            self.set_attributes(**attributes)
+
+    def __repr__(self) -> str:
+        active = getattr(_printing, "ids", None)
+        if active is None:
+            active = _printing.ids = set()
+        if id(self) in active:
+            return f"{type(self).__name__}(...)"
+        active.add(id(self))
+        try:
+            fields = [(k, _field_repr(v)) for k, v in self._nnx_items()]
+            return object_repr(type(self).__name__, fields)
+        finally:
+            active.discard(id(self))
+
+
+def _field_repr(value: Any) -> str:
+    if isinstance(value, (Pytree | Variable, list | tuple | dict)):
+        return repr(value)
+    return value_summary(value)

@@ -1,0 +1,396 @@
+"""State: the nested mapping of a model's Variables, and its flat view.
+
+A :class:`State` is keyed by attribute names and container indices (integers stay integers);
+its leaves are Variables (carrying their metadata) or plain arrays. It is a JAX pytree whose
+leaves are the arrays, so ``jax.tree.map`` works on it and it can be passed to ``jax.jit``.
+
+Example:
+  >>> s = nnx.State({'linear': {'kernel': nnx.Param(jnp.ones((2, 2)))}, 'count': nnx.BatchStat(0)})
+  >>> s.linear.kernel.shape
+  (2, 2)
+  >>> params, rest = s.split(nnx.Param, ...)
+  >>> list(params.flat_state().paths), list(rest.flat_state().paths)
+  ([('linear', 'kernel')], [('count',)])
+  >>> s.to_pure_dict()['count']
+  0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import jax
+from jax.tree_util import DictKey
+
+from ._repr import object_repr, value_summary
+from .errors import FilterError, format_path, short_list
+from .filters import Filter, filters_to_predicates
+from .variables import Variable
+
+__all__ = [
+    "FlatState",
+    "State",
+    "from_flat_state",
+    "merge_state",
+    "replace_by_pure_dict",
+    "restore_int_paths",
+    "split_state",
+    "to_flat_state",
+    "to_pure_dict",
+]
+
+Path = tuple[Hashable, ...]
+
+
+def _sort_key(key: Hashable) -> tuple[int, Any]:
+    if isinstance(key, int):
+        return (0, key)
+    if isinstance(key, str):
+        return (1, key)
+    return (2, repr(key))
+
+
+class State(MutableMapping):
+    """A nested mapping of Variables, usable as a JAX pytree.
+
+    Args:
+      mapping: a (nested) mapping; inner mappings become States.
+    """
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Mapping | Sequence[tuple[Hashable, Any]] = (), /):
+        items = mapping.items() if isinstance(mapping, Mapping) else mapping
+        data: dict = {}
+        for key, value in items:
+            if isinstance(value, Mapping) and not isinstance(value, State):
+                value = State(value)
+            data[key] = value
+        object.__setattr__(self, "_mapping", data)
+
+    @classmethod
+    def _wrap(cls, data: dict) -> State:
+        new = object.__new__(cls)
+        object.__setattr__(new, "_mapping", data)
+        return new
+
+    # -- mapping protocol -------------------------------------------------------------
+    def __getitem__(self, key: Hashable) -> Any:
+        try:
+            return self._mapping[key]
+        except KeyError:
+            if isinstance(key, str) and key.lstrip("-").isdigit() and int(key) in self._mapping:
+                return self._mapping[int(key)]
+            raise
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        if isinstance(value, Mapping) and not isinstance(value, State):
+            value = State(value)
+        self._mapping[key] = value
+
+    def __delitem__(self, key: Hashable) -> None:
+        del self._mapping[key]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._mapping)
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(
+                f"State has no key {name!r}; keys: {sorted(self._mapping, key=_sort_key)}"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in State.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self._mapping == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = []
+        for key in self._mapping:
+            value = self._mapping[key]
+            text = repr(value) if isinstance(value, State | Variable) else value_summary(value)
+            fields.append((repr(key) if not isinstance(key, str) else key, text))
+        return object_repr("State", fields)
+
+    def __or__(self, other: Mapping) -> State:
+        return merge_state(self, other)
+
+    # -- flat view --------------------------------------------------------------------
+    def flat_state(self) -> FlatState:
+        """All (path, leaf) pairs, depth first in key order."""
+        return FlatState(_flat_pairs(self))
+
+    @classmethod
+    def from_flat_path(cls, flat: Any) -> State:
+        """Builds a State from (path, leaf) pairs, a FlatState or a {path: leaf} dict."""
+        return from_flat_state(flat)
+
+    # -- filtering --------------------------------------------------------------------
+    def filter(self, first: Filter, /, *filters: Filter) -> State | tuple[State, ...]:
+        """Keeps the leaves matching each filter (one State per filter; leftovers dropped)."""
+        states = _split_pairs(_flat_pairs(self), (first, *filters), exhaustive=False)
+        return states[0] if not filters else states
+
+    def split(self, first: Filter, /, *filters: Filter) -> State | tuple[State, ...]:
+        """Splits into one State per filter; each leaf goes to the first filter it matches.
+
+        Raises:
+          FilterError: some leaf matched no filter (the message lists their paths).
+        """
+        states = _split_pairs(_flat_pairs(self), (first, *filters), exhaustive=True)
+        return states[0] if not filters else states
+
+    @staticmethod
+    def merge(state: Mapping, /, *states: Mapping) -> State:
+        """Merges states; where paths collide the later state wins."""
+        return merge_state(state, *states)
+
+    def map(self, fn: Callable[[Path, Any], Any]) -> State:
+        """A new State with ``fn(path, leaf)`` in place of each leaf."""
+        return from_flat_state([(p, fn(p, leaf)) for p, leaf in _flat_pairs(self)])
+
+    # -- pure dicts -------------------------------------------------------------------
+    def to_pure_dict(self) -> dict:
+        """Nested plain dicts of raw values (no Variables): what most tools expect."""
+        return to_pure_dict(self)
+
+    def replace_by_pure_dict(
+        self, pure_dict: Mapping, replace_fn: Callable[[Any, Any], Any] | None = None
+    ) -> None:
+        """Sets leaf values from a pure dict, in place (string keys '0' match int keys 0)."""
+        replace_by_pure_dict(self, pure_dict, replace_fn)
+
+
+def _flatten_with_keys(state: State):
+    keys = sorted(state._mapping, key=_sort_key)
+    return [(DictKey(k), state._mapping[k]) for k in keys], tuple(keys)
+
+
+def _flatten(state: State):
+    keys = sorted(state._mapping, key=_sort_key)
+    return [state._mapping[k] for k in keys], tuple(keys)
+
+
+def _unflatten(keys: tuple, children: Any) -> State:
+    return State._wrap(dict(zip(keys, children, strict=True)))
+
+
+jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
+
+
+class FlatState(Sequence):
+    """A flat, ordered view of a State: a sequence of ``(path, leaf)`` pairs."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Any = ()):
+        if isinstance(pairs, Mapping):
+            pairs = pairs.items()
+        self._pairs = [(tuple(p), v) for p, v in pairs]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._pairs[i]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(p for p, _ in self._pairs)
+
+    @property
+    def leaves(self) -> tuple[Any, ...]:
+        return tuple(v for _, v in self._pairs)
+
+    def to_nested_state(self) -> State:
+        return from_flat_state(self._pairs)
+
+    def filter(self, first: Filter, /, *filters: Filter) -> Any:
+        preds = filters_to_predicates((first, *filters))
+        outs = [FlatState([(p, v) for p, v in self._pairs if pr(p, v)]) for pr in preds]
+        return outs[0] if not filters else tuple(outs)
+
+    def __repr__(self) -> str:
+        return f"FlatState({self._pairs!r})"
+
+
+def _flat_pairs(state: Mapping, prefix: Path = ()) -> list[tuple[Path, Any]]:
+    """(path, leaf) pairs depth first, keys sorted at every level (the pytree order)."""
+    out: list[tuple[Path, Any]] = []
+    _collect(state, prefix, out)
+    return out
+
+
+def _collect(node: Mapping, path: Path, out: list) -> None:
+    data = node._mapping if isinstance(node, State) else node
+    for key in sorted(data, key=_sort_key):
+        value = data[key]
+        if isinstance(value, Mapping):
+            _collect(value, (*path, key), out)
+        else:
+            out.append(((*path, key), value))
+
+
+def to_flat_state(state: Mapping) -> FlatState:
+    """The flat view of a (nested) state."""
+    return FlatState(_flat_pairs(state))
+
+
+def from_flat_state(flat: Any) -> State:
+    """Builds a nested State from (path, leaf) pairs, a FlatState, or a {path: leaf} dict."""
+    if isinstance(flat, Mapping):
+        flat = flat.items()
+    root: dict = {}
+    for path, leaf in flat:
+        node = root
+        for key in path[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            node = child
+        node[path[-1]] = leaf
+    return _wrap_nested(root)
+
+
+def _wrap_nested(data: dict) -> State:
+    for key, value in data.items():
+        if type(value) is dict:
+            data[key] = _wrap_nested(value)
+    return State._wrap(data)
+
+
+def _split_pairs(
+    pairs: list[tuple[Path, Any]], filters: tuple[Filter, ...], *, exhaustive: bool
+) -> tuple[State, ...]:
+    predicates = filters_to_predicates(filters)
+    buckets: list[list] = [[] for _ in predicates]
+    leftover: list[Path] = []
+    for path, leaf in pairs:
+        for i, pred in enumerate(predicates):
+            if pred(path, leaf):
+                buckets[i].append((path, leaf))
+                break
+        else:
+            leftover.append(path)
+    if exhaustive and leftover:
+        raise FilterError(
+            f"The filters {filters!r} do not cover the whole state; {len(leftover)} "
+            f"leaves matched none of them:\n"
+            + short_list([format_path(p, "state") for p in leftover])
+            + "\nFix: add a catch-all `...` as the last filter, or use .filter() to "
+            "drop what the filters do not select."
+        )
+    return tuple(from_flat_state(b) for b in buckets)
+
+
+def split_state(state: Mapping, first: Filter, /, *filters: Filter) -> Any:
+    """Function form of :meth:`State.split`."""
+    states = _split_pairs(_flat_pairs(state), (first, *filters), exhaustive=True)
+    return states[0] if not filters else states
+
+
+def merge_state(state: Mapping, /, *states: Mapping) -> State:
+    """Merges nested states; the later state wins where paths collide."""
+    merged: dict = {}
+    for s in (state, *states):
+        for path, leaf in _flat_pairs(s):
+            merged[path] = leaf
+    return from_flat_state(merged)
+
+
+def to_pure_dict(state: Mapping) -> dict:
+    """Nested plain dicts of raw values, Variables unwrapped.
+
+    Example:
+      >>> nnx.to_pure_dict(nnx.State({'a': {'b': nnx.Param(1)}}))
+      {'a': {'b': 1}}
+    """
+    out: dict = {}
+    data = state._mapping if isinstance(state, State) else state
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out[key] = to_pure_dict(value)
+        elif isinstance(value, Variable):
+            out[key] = value._value
+        else:
+            out[key] = value
+    return out
+
+
+def restore_int_paths(pure: Mapping, reference: Mapping) -> dict:
+    """Converts stringified integer keys ('0', as orbax returns them) back to the integer keys
+    that `reference` uses, recursively."""
+    ref = reference._mapping if isinstance(reference, State) else reference
+    out: dict = {}
+    for key, value in pure.items():
+        if (
+            key not in ref
+            and isinstance(key, str)
+            and key.lstrip("-").isdigit()
+            and int(key) in ref
+        ):
+            key = int(key)
+        sub = ref.get(key)
+        if isinstance(value, Mapping) and isinstance(sub, Mapping):
+            value = restore_int_paths(value, sub)
+        out[key] = value
+    return out
+
+
+def replace_by_pure_dict(
+    state: State, pure_dict: Mapping, replace_fn: Callable[[Any, Any], Any] | None = None
+) -> None:
+    """Writes the raw values of `pure_dict` into the Variables of `state`, in place.
+
+    Every path of `pure_dict` must exist in `state`; nothing is written if one does not.
+
+    Raises:
+      KeyError: a path of `pure_dict` is not in `state` (listing all such paths).
+    """
+    pure = restore_int_paths(pure_dict, state)
+    targets = dict(_flat_pairs(state))
+    updates = _flat_pairs(pure)
+    missing = [p for p, _ in updates if p not in targets]
+    if missing:
+        raise KeyError(
+            "replace_by_pure_dict got paths that are not in the state:\n"
+            + short_list([format_path(p, "state") for p in missing])
+            + "\nFix: build the pure dict from this state's structure "
+            "(state.to_pure_dict()) so the keys match."
+        )
+    for path, value in updates:
+        leaf = targets[path]
+        if replace_fn is not None:
+            new = replace_fn(leaf, value)
+            _set_leaf(state, path, new)
+        elif isinstance(leaf, Variable):
+            leaf.value = value
+        else:
+            _set_leaf(state, path, value)
+
+
+def _set_leaf(state: State, path: Path, value: Any) -> None:
+    node: Any = state
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value

@@ -1,0 +1,457 @@
+"""Variables: the mutable boxes that hold a model's state.
+
+A :class:`Variable` holds one value (an array or any pytree) plus free-form metadata. Its
+subclasses name the kind of state: :class:`Param` (trained), :class:`BatchStat` (running
+statistics), :class:`Cache` (decoding caches), :class:`Intermediate` (sown values) and
+:class:`Perturbation`. Users subclass :class:`Variable` for kinds of their own.
+
+Assigning a value (``v.value = x``, ``v[...] = x``, ``v.set_value(x)``) is cheap and never
+invalidates cached graph structure; changing metadata is a structural change.
+
+Example:
+  >>> w = nnx.Param(jnp.ones((2, 3)), tag='dense')
+  >>> w.shape, w.tag
+  ((2, 3), 'dense')
+  >>> (jnp.ones((1, 2)) @ w).tolist()
+  [[2.0, 2.0, 2.0]]
+  >>> w[...] = 0.5
+  >>> float(w.sum())
+  3.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+import jax
+import numpy as np
+from jax.tree_util import GetAttrKey
+
+from . import _version
+from ._repr import object_repr, value_summary
+
+__all__ = [
+    "BatchStat",
+    "Cache",
+    "Intermediate",
+    "Param",
+    "Perturbation",
+    "Variable",
+    "register_variable_name",
+    "variable_name_from_type",
+    "variable_type_from_name",
+]
+
+A = TypeVar("A")
+_MISSING: Any = object()
+_OWN_FIELDS = frozenset({"_value", "_meta", "_nnx_stamp"})
+
+
+class _Meta(dict):
+    """Variable metadata: a dict that is hashable so it can be pytree aux data.
+
+    Never mutated in place once attached to a Variable (set_metadata copies), so its hash is
+    stable. Unhashable entries (lists, dicts) hash by their repr.
+    """
+
+    __slots__ = ("_hash",)
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        try:
+            return self._hash
+        except AttributeError:
+            pass
+        try:
+            h = hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+        except TypeError:
+            h = hash(repr(sorted(self.items(), key=lambda kv: kv[0])))
+        self._hash = h
+        return h
+
+
+_EMPTY_META = _Meta()
+
+
+def _binary(name: str):
+    def op(self, other):
+        if isinstance(other, Variable):
+            other = other._value
+        return getattr(self._value, name)(other)
+
+    op.__name__ = name
+    return op
+
+
+def _unary(fn):
+    def op(self):
+        return fn(self._value)
+
+    return op
+
+
+class Variable(Generic[A]):
+    """A mutable container for one piece of model state, with metadata.
+
+    Args:
+      value: the initial value: an array, a scalar, or any pytree.
+      **metadata: free-form metadata (e.g. ``sharding_names=('in', 'out')``), readable as
+        attributes (``v.sharding_names``) and through :meth:`get_metadata`.
+
+    Example:
+      >>> v = nnx.Variable(jnp.zeros(3), note='counter')
+      >>> v.value = v.value + 1
+      >>> v.get_metadata()
+      {'note': 'counter'}
+      >>> v.set_metadata(note='steps')
+      >>> v.note
+      'steps'
+    """
+
+    __slots__ = ("__weakref__", "_meta", "_nnx_stamp", "_value")
+    _nnx_collection: ClassVar[str | None] = None
+
+    def __init__(self, value: A, **metadata: Any):
+        if isinstance(value, Variable):
+            metadata = {**value._meta, **metadata}
+            value = value._value
+        object.__setattr__(self, "_value", value)
+        object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
+        object.__setattr__(self, "_nnx_stamp", 0)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register_pytree(cls)
+
+    # -- value access -----------------------------------------------------------------
+    @property
+    def value(self) -> A:
+        """The held value."""
+        return self._value
+
+    @value.setter
+    def value(self, value: A) -> None:
+        if isinstance(value, Variable):
+            value = value._value
+        object.__setattr__(self, "_value", value)
+
+    raw_value = value
+
+    def get_value(self) -> A:
+        """Returns the held value (same as ``v.value``)."""
+        return self._value
+
+    def set_value(self, value: A) -> None:
+        """Sets the held value (same as ``v.value = value``)."""
+        self.value = value
+
+    get_raw_value = get_value
+    set_raw_value = set_value
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._value[key]  # type: ignore[index]
+
+    def __setitem__(self, key: Any, item: Any) -> None:
+        if isinstance(item, Variable):
+            item = item._value
+        current = self._value
+        if isinstance(current, jax.Array) or hasattr(current, "at"):
+            new = current.at[key].set(item)  # type: ignore[union-attr]
+        elif isinstance(current, np.ndarray):
+            new = current.copy()
+            new[key] = item
+        elif key is Ellipsis:
+            new = item
+        else:
+            current[key] = item  # type: ignore[index]
+            return
+        object.__setattr__(self, "_value", new)
+
+    # -- metadata ---------------------------------------------------------------------
+    def get_metadata(self, name: str | None = None, default: Any = _MISSING) -> Any:
+        """Returns all metadata as a dict, or one entry by name.
+
+        Args:
+          name: the entry to read; all metadata when omitted.
+          default: returned when `name` is absent; without it, a missing name raises KeyError.
+        """
+        if name is None:
+            return dict(self._meta)
+        if name in self._meta:
+            return self._meta[name]
+        if default is _MISSING:
+            raise KeyError(
+                f"{type(self).__name__} has no metadata {name!r}; it has "
+                f"{sorted(self._meta) or 'none'}. Fix: pass a default, "
+                f"v.get_metadata({name!r}, None)."
+            )
+        return default
+
+    def set_metadata(self, *args: Any, **kwargs: Any) -> None:
+        """Sets metadata entries: ``set_metadata(k=v)``, ``set_metadata({'k': v})`` or
+        ``set_metadata('k', v)``. A structural change: cached graph structure is refreshed."""
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            updates = dict(args[0])
+        elif len(args) == 2 and isinstance(args[0], str):
+            updates = {args[0]: args[1]}
+        elif args:
+            raise TypeError(
+                "set_metadata takes a mapping, a (name, value) pair, or keyword arguments; "
+                f"got positional arguments {args!r}."
+            )
+        else:
+            updates = {}
+        updates.update(kwargs)
+        if not updates:
+            return
+        object.__setattr__(self, "_meta", _Meta({**self._meta, **updates}))
+        object.__setattr__(self, "_nnx_stamp", _version.bump())
+
+    def del_metadata(self, name: str) -> None:
+        """Removes one metadata entry."""
+        meta = dict(self._meta)
+        del meta[name]
+        object.__setattr__(self, "_meta", _Meta(meta))
+        object.__setattr__(self, "_nnx_stamp", _version.bump())
+
+    @property
+    def type(self) -> type[Variable]:
+        """The Variable's class (``nnx.Param`` for a Param)."""
+        return type(self)
+
+    def replace(self, value: Any = _MISSING, **metadata: Any) -> Variable[A]:
+        """A new Variable of the same type, with a new value and/or updated metadata."""
+        new = self.copy()
+        if value is not _MISSING:
+            object.__setattr__(new, "_value", value)
+        if metadata:
+            object.__setattr__(new, "_meta", _Meta({**self._meta, **metadata}))
+        return new
+
+    def copy(self) -> Variable[A]:
+        """A shallow copy: a new Variable sharing the (immutable) array value."""
+        new = object.__new__(type(self))
+        object.__setattr__(new, "_value", self._value)
+        object.__setattr__(new, "_meta", self._meta)
+        object.__setattr__(new, "_nnx_stamp", 0)
+        return new
+
+    __copy__ = copy
+
+    def __deepcopy__(self, memo: dict) -> Variable[A]:
+        import copy as _copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        object.__setattr__(new, "_value", _copy.deepcopy(self._value, memo))
+        object.__setattr__(new, "_meta", _Meta(_copy.deepcopy(dict(self._meta), memo)))
+        object.__setattr__(new, "_nnx_stamp", 0)
+        return new
+
+    def __getstate__(self) -> dict:
+        return {"value": self._value, "metadata": dict(self._meta)}
+
+    def __setstate__(self, state: dict) -> None:
+        object.__setattr__(self, "_value", state["value"])
+        object.__setattr__(self, "_meta", _Meta(state["metadata"]))
+        object.__setattr__(self, "_nnx_stamp", 0)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: metadata first, then the value's attributes
+        # (shape, dtype, sum, ...), so a Variable reads like the array it holds.
+        if name.startswith("__") or name in _OWN_FIELDS:
+            raise AttributeError(name)
+        meta = object.__getattribute__(self, "_meta")
+        if name in meta:
+            return meta[name]
+        value = object.__getattribute__(self, "_value")
+        try:
+            return getattr(value, name)
+        except AttributeError:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute or metadata {name!r}, and its value "
+                f"({type(value).__name__}) has no such attribute either."
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            name in ("value", "raw_value")
+            or name in _OWN_FIELDS
+            or (hasattr(type(self), name) and not name.startswith("_"))
+        ):
+            object.__setattr__(self, name, value)
+        else:
+            self.set_metadata(**{name: value})
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._meta:
+            self.del_metadata(name)
+        else:
+            object.__delattr__(self, name)
+
+    def __repr__(self) -> str:
+        fields = [("value", value_summary(self._value))]
+        fields += [(k, repr(v)) for k, v in self._meta.items()]
+        return object_repr(type(self).__name__, fields)
+
+    # -- array protocol ---------------------------------------------------------------
+    def __jax_array__(self) -> jax.Array:
+        return self._value  # type: ignore[return-value]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self._value, dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self._value)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        return iter(self._value)  # type: ignore[call-overload]
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self._value  # type: ignore[operator]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._value(*args, **kwargs)  # type: ignore[operator]
+
+    __add__ = _binary("__add__")
+    __radd__ = _binary("__radd__")
+    __sub__ = _binary("__sub__")
+    __rsub__ = _binary("__rsub__")
+    __mul__ = _binary("__mul__")
+    __rmul__ = _binary("__rmul__")
+    __truediv__ = _binary("__truediv__")
+    __rtruediv__ = _binary("__rtruediv__")
+    __floordiv__ = _binary("__floordiv__")
+    __rfloordiv__ = _binary("__rfloordiv__")
+    __mod__ = _binary("__mod__")
+    __rmod__ = _binary("__rmod__")
+    __pow__ = _binary("__pow__")
+    __rpow__ = _binary("__rpow__")
+    __matmul__ = _binary("__matmul__")
+    __rmatmul__ = _binary("__rmatmul__")
+    __and__ = _binary("__and__")
+    __rand__ = _binary("__rand__")
+    __or__ = _binary("__or__")
+    __ror__ = _binary("__ror__")
+    __xor__ = _binary("__xor__")
+    __rxor__ = _binary("__rxor__")
+    __lshift__ = _binary("__lshift__")
+    __rlshift__ = _binary("__rlshift__")
+    __rshift__ = _binary("__rshift__")
+    __rrshift__ = _binary("__rrshift__")
+    __lt__ = _binary("__lt__")
+    __le__ = _binary("__le__")
+    __gt__ = _binary("__gt__")
+    __ge__ = _binary("__ge__")
+    __neg__ = _unary(lambda x: -x)
+    __pos__ = _unary(lambda x: +x)
+    __abs__ = _unary(abs)
+    __invert__ = _unary(lambda x: ~x)
+    __float__ = _unary(float)
+    __int__ = _unary(int)
+    __complex__ = _unary(complex)
+    __index__ = _unary(lambda x: x.__index__())
+
+
+def _register_pytree(cls: type[Variable]) -> None:
+    def flatten_with_keys(v: Variable):
+        return ((_VALUE_KEY, v._value),), v._meta
+
+    def flatten(v: Variable):
+        return (v._value,), v._meta
+
+    def unflatten(meta: _Meta, children: Any) -> Variable:
+        new = object.__new__(cls)
+        object.__setattr__(new, "_value", children[0])
+        object.__setattr__(new, "_meta", meta)
+        object.__setattr__(new, "_nnx_stamp", 0)
+        return new
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+
+
+_VALUE_KEY = GetAttrKey("value")
+_register_pytree(Variable)
+
+
+class Param(Variable[A]):
+    """A trainable parameter. ``nnx.Optimizer`` and ``nnx.grad`` act on Params by default."""
+
+    __slots__ = ()
+
+
+class BatchStat(Variable[A]):
+    """Statistics updated during training but not by gradients (e.g. BatchNorm means)."""
+
+    __slots__ = ()
+
+
+class Cache(Variable[A]):
+    """State kept between calls at inference time (e.g. an attention KV cache)."""
+
+    __slots__ = ()
+
+
+class Intermediate(Variable[A]):
+    """Values captured with ``Module.sow`` for inspection."""
+
+    __slots__ = ()
+
+
+class Perturbation(Variable[A]):
+    """Zero-valued offsets added by ``Module.perturb`` to read gradients of intermediates."""
+
+    __slots__ = ()
+
+
+_NAME_TO_TYPE: dict[str, type[Variable]] = {}
+_TYPE_TO_NAME: dict[type[Variable], str] = {}
+
+
+def register_variable_name(name: str, typ: type[Variable], *, overwrite: bool = False) -> None:
+    """Associates a collection name (as flax linen used: 'params') with a Variable type."""
+    if not overwrite and name in _NAME_TO_TYPE and _NAME_TO_TYPE[name] is not typ:
+        raise ValueError(
+            f"Collection name {name!r} is already registered for "
+            f"{_NAME_TO_TYPE[name].__name__}; pass overwrite=True to replace it."
+        )
+    _NAME_TO_TYPE[name] = typ
+    _TYPE_TO_NAME[typ] = name
+
+
+def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[Variable]:
+    """The Variable type registered for a collection name."""
+    if name not in _NAME_TO_TYPE:
+        if not allow_register:
+            raise ValueError(
+                f"No Variable type is registered for collection {name!r}; known: "
+                f"{sorted(_NAME_TO_TYPE)}. Fix: nnx.register_variable_name({name!r}, MyType)."
+            )
+        typ = type(name, (Variable,), {"__slots__": ()})
+        register_variable_name(name, typ)
+    return _NAME_TO_TYPE[name]
+
+
+def variable_name_from_type(typ: type[Variable], *, allow_register: bool = False) -> str:
+    """The collection name registered for a Variable type (its lower-cased name otherwise)."""
+    for base in typ.__mro__:
+        if base in _TYPE_TO_NAME:
+            return _TYPE_TO_NAME[base]
+    if not allow_register:
+        raise ValueError(f"No collection name is registered for {typ.__name__}.")
+    name = typ.__name__.lower()
+    register_variable_name(name, typ)
+    return name
+
+
+for _name, _typ in (
+    ("params", Param),
+    ("batch_stats", BatchStat),
+    ("cache", Cache),
+    ("intermediates", Intermediate),
+    ("perturbations", Perturbation),
+):
+    register_variable_name(_name, _typ)
