@@ -9,6 +9,7 @@ from . import graph as graph
 from . import state as statelib  # noqa: F401 - flax name
 from . import variables as variableslib  # noqa: F401 - flax name
 from .errors import NNXError as NNXError
+from .errors import TraceContextError as TraceContextError
 from .filters import All as All
 from .filters import Any as Any
 from .filters import Everything as Everything
@@ -53,6 +54,29 @@ from .state import merge_state as merge_state
 from .state import replace_by_pure_dict as replace_by_pure_dict
 from .state import to_flat_state as to_flat_state
 from .state import to_pure_dict as to_pure_dict
+from .transforms.autodiff import DiffState as DiffState
+from .transforms.autodiff import checkpoint as checkpoint
+from .transforms.autodiff import custom_vjp as custom_vjp
+from .transforms.autodiff import grad as grad
+from .transforms.autodiff import jvp as jvp
+from .transforms.autodiff import remat as remat
+from .transforms.autodiff import value_and_grad as value_and_grad
+from .transforms.autodiff import vjp as vjp
+from .transforms.control import cond as cond
+from .transforms.control import fori_loop as fori_loop
+from .transforms.control import switch as switch
+from .transforms.control import while_loop as while_loop
+from .transforms.jit import JitWrapped as JitWrapped
+from .transforms.jit import StateSharding as StateSharding
+from .transforms.jit import jit as jit
+from .transforms.scan import Carry as Carry
+from .transforms.scan import scan as scan
+from .transforms.tracing import checkify as checkify
+from .transforms.tracing import eval_shape as eval_shape
+from .transforms.tracing import make_jaxpr as make_jaxpr
+from .transforms.vmap import PARTITION_NAME as PARTITION_NAME
+from .transforms.vmap import StateAxes as StateAxes
+from .transforms.vmap import vmap as vmap
 from .variables import BatchStat as BatchStat
 from .variables import Cache as Cache
 from .variables import Intermediate as Intermediate

@@ -18,6 +18,8 @@ __all__ = [
     "NNXError",
     "RngStreamError",
     "StaticAttributeError",
+    "TraceContextError",
+    "TransformError",
     "UpdateError",
     "format_path",
 ]
@@ -45,6 +47,14 @@ class GraphDefMismatchError(MergeError):
 
 class StaticAttributeError(NNXError, TypeError):
     """A static (non-data) attribute cannot go into a GraphDef (usually: it is unhashable)."""
+
+
+class TraceContextError(NNXError, RuntimeError):
+    """State was changed inside a transform in a way the transform cannot carry back out."""
+
+
+class TransformError(NNXError, ValueError):
+    """A transform's arguments (axes, argnums, shardings) do not fit the state it was given."""
 
 
 class RngStreamError(NNXError, AttributeError, KeyError):

@@ -163,7 +163,18 @@ class _Flat:
     """One flatten result: the GraphDef, the leaves in order, and what is needed to validate
     and reuse it (the identity objects and their stamps)."""
 
-    __slots__ = ("clock", "graphdef", "leaves", "nodes", "path_index", "paths", "slots", "stamps")
+    __slots__ = (
+        "clock",
+        "extra",
+        "graphdef",
+        "has_raw",
+        "leaves",
+        "nodes",
+        "path_index",
+        "paths",
+        "slots",
+        "stamps",
+    )
 
     def __init__(self) -> None:
         self.nodes: list[Any] = []
@@ -172,6 +183,7 @@ class _Flat:
         self.slots: list[Any] = []  # None for Variables; (owner, key, subpath) for raw leaves
         self.path_index: dict[Path, int] | None = None
         self.clock = _version.now()
+        self.extra: dict[Any, Any] = {}  # per-entry data of transforms (their call specs)
 
     def valid(self) -> bool:
         now = _version.now()
@@ -253,6 +265,7 @@ def _flatten_full(root: Any) -> _Flat:
 
     root_def = visit(root, (), None, None, ())
     flat.stamps = [getattr(n, "_nnx_stamp", 0) for n in nodes]
+    flat.has_raw = any(s is not None for s in slots)
     flat.graphdef = GraphDef(root_def, len(nodes), tuple(paths), tuple(leaf_types))
     return flat
 
@@ -360,7 +373,7 @@ def _flatten_cached(root: Any) -> _Flat:
         d = root.__dict__
         flat = d.get("_nnx_cache")
         if flat is not None and flat.nodes[0] is root and flat.valid():
-            if any(flat.slots):
+            if flat.has_raw:
                 flat.refresh_raw_leaves()
             return flat
         flat = _flatten_full(root)
@@ -369,13 +382,13 @@ def _flatten_cached(root: Any) -> _Flat:
     if isinstance(root, List | Dict):
         flat = getattr(root, "_nnx_cache", None)
         if flat is not None and flat.nodes[0] is root and flat.valid():
-            if any(flat.slots):
+            if flat.has_raw:
                 flat.refresh_raw_leaves()
             return flat
         flat = _flatten_full(root)
         object.__setattr__(root, "_nnx_cache", flat)
         return flat
-    if type(root) is tuple and root and all(is_node(r) for r in root):
+    if type(root) is tuple and root and all(is_node(r) or isinstance(r, Variable) for r in root):
         return _flatten_multi(root)
     return _flatten_full(root)
 
@@ -393,7 +406,7 @@ def _flatten_multi(roots: tuple) -> _Flat:
     flat = cache.get(key)
     # Ids cannot be reused while the entry holds the roots alive, so the key is exact.
     if flat is not None and flat.valid():
-        if any(flat.slots):
+        if flat.has_raw:
             flat.refresh_raw_leaves()
         return flat
     flat = _flatten_full(roots)
@@ -437,9 +450,26 @@ def unflatten(graphdef: GraphDef, state: Mapping | list, *, copy: bool = True) -
     return _build(graphdef, leaves, copy)
 
 
-def _build(graphdef: GraphDef, leaves: list, copy: bool) -> Any:
+def _build(
+    graphdef: GraphDef,
+    leaves: list,
+    copy: bool,
+    metas: list | None = None,
+    reuse: Mapping[int, Any] | None = None,
+    nodes_out: list | None = None,
+) -> Any:
+    """Builds the graph of `graphdef` from `leaves` (in GraphDef order).
+
+    Args:
+      copy: copy Variable leaves instead of adopting them.
+      metas: with raw leaves, the metadata of each leaf's Variable (in leaf order).
+      reuse: node index -> existing object to update in place instead of creating a new one
+        (how transforms write structural changes back into the caller's objects).
+      nodes_out: if given, receives the node table (the object built for each index).
+    """
     nodes: list[Any] = [None] * graphdef.num_nodes
     it = iter(leaves)
+    meta_it = iter(metas) if metas is not None else None
 
     def build(cd: tuple) -> Any:
         tag = cd[0]
@@ -447,29 +477,82 @@ def _build(graphdef: GraphDef, leaves: list, copy: bool) -> Any:
             return nodes[cd[1]]
         if tag == _VAR:
             leaf = next(it)
-            vtype = cd[2]
-            if isinstance(leaf, Variable):
+            meta = next(meta_it) if meta_it is not None else None
+            i, vtype = cd[1], cd[2]
+            old = reuse.get(i) if reuse else None
+            if old is not None and type(old) is vtype:
+                if isinstance(leaf, Variable):
+                    meta, leaf = leaf._meta, leaf._value
+                object.__setattr__(old, "_value", leaf)
+                if meta is not None and meta is not old._meta and meta != old._meta:
+                    old.set_metadata(dict(meta))
+                var = old
+            elif isinstance(leaf, Variable):
                 var = leaf.copy() if copy else leaf
             else:
                 var = vtype.__new__(vtype)
                 Variable.__init__(var, leaf)
-            nodes[cd[1]] = var
+                if meta:
+                    object.__setattr__(var, "_meta", meta)
+            nodes[i] = var
             return var
         if tag == _LEAF:
             leaf = next(it)
+            if meta_it is not None:
+                next(meta_it)
             return leaf._value if isinstance(leaf, Variable) else leaf
         if tag == _STATIC:
             return cd[1]
         if tag == _NODE:
             _, kind, typ, i, children, fields = cd
+            old = reuse.get(i) if reuse else None
+            if old is not None and type(old) is not typ:
+                old = None
             if kind == _OBJ:
-                obj = object.__new__(typ)
-                nodes[i] = obj
-                d = obj.__dict__
-                for k, c in children:
-                    d[k] = build(c)
+                if old is not None:
+                    obj = old
+                    d = obj.__dict__
+                    nodes[i] = obj
+                    new_items = {k: build(c) for k, c in children}
+                    old_keys = [k for k in d if not k.startswith("_nnx_")]
+                    unchanged = len(old_keys) == len(new_items) and all(
+                        k in d and d[k] is v for k, v in new_items.items()
+                    )
+                    if not unchanged:
+                        for k in old_keys:
+                            del d[k]
+                        d.update(new_items)
+                        d["_nnx_stamp"] = _version.bump()
+                    d.pop("_nnx_fields", None)
+                else:
+                    obj = object.__new__(typ)
+                    nodes[i] = obj
+                    d = obj.__dict__
+                    for k, c in children:
+                        d[k] = build(c)
                 if fields:
                     d["_nnx_fields"] = dict(fields)
+                return obj
+            if old is not None:
+                obj = old
+                nodes[i] = obj
+                items = [(k, build(c)) for k, c in children]
+                if kind == _LIST:
+                    same = len(obj) == len(items) and all(
+                        a is b for a, (_, b) in zip(obj, items, strict=True)
+                    )
+                    if not same:
+                        list.clear(obj)
+                        list.extend(obj, [v for _, v in items])
+                else:
+                    same = len(obj) == len(items) and all(
+                        k in obj and dict.__getitem__(obj, k) is v for k, v in items
+                    )
+                    if not same:
+                        dict.clear(obj)
+                        dict.update(obj, items)
+                if not same:
+                    object.__setattr__(obj, "_nnx_stamp", _version.bump())
                 return obj
             obj = typ.__new__(typ)
             object.__setattr__(obj, "_nnx_stamp", 0)
@@ -483,7 +566,10 @@ def _build(graphdef: GraphDef, leaves: list, copy: bool) -> Any:
         # _TREE
         return cd[1].unflatten([build(c) for _, c in cd[2]])
 
-    return build(graphdef.root)
+    root = build(graphdef.root)
+    if nodes_out is not None:
+        nodes_out.extend(nodes)
+    return root
 
 
 def _state_pairs(states: tuple[Mapping, ...]) -> list[tuple[Path, Any]]:

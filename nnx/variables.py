@@ -73,6 +73,29 @@ class _Meta(dict):
 _EMPTY_META = _Meta()
 
 
+# Transform frames: while an nnx transform traces a function, the ids of the Variables it
+# rebuilt (or that were created during the trace) are in _FRAMES[-1]. Assigning a traced value
+# to any other Variable would leak the tracer into an object the transform cannot write back.
+_FRAMES: list[set[int]] = []
+
+_LEAK_MESSAGE = (
+    "{cls} (metadata {meta}) was assigned a traced value inside an nnx transform, but it was "
+    "not passed to that transform: it is reached through a closure or a global, so the "
+    "transform cannot carry the new value back out, and the Variable would hold a leaked "
+    "tracer.\nFix: pass the module (or Variable) that owns it as an argument of the "
+    "transformed function, e.g. nnx.jit(lambda model, x: ...)(model, x)."
+)
+
+
+def _check_frame(var: Variable, value: Any) -> None:
+    if id(var) not in _FRAMES[-1] and isinstance(value, jax.core.Tracer):
+        from .errors import TraceContextError
+
+        raise TraceContextError(
+            _LEAK_MESSAGE.format(cls=type(var).__name__, meta=dict(var._meta) or "none")
+        )
+
+
 def _binary(name: str):
     def op(self, other):
         if isinstance(other, Variable):
@@ -118,6 +141,8 @@ class Variable(Generic[A]):
         object.__setattr__(self, "_value", value)
         object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
         object.__setattr__(self, "_nnx_stamp", 0)
+        if _FRAMES:
+            _FRAMES[-1].add(id(self))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -133,6 +158,8 @@ class Variable(Generic[A]):
     def value(self, value: A) -> None:
         if isinstance(value, Variable):
             value = value._value
+        if _FRAMES:
+            _check_frame(self, value)
         object.__setattr__(self, "_value", value)
 
     raw_value = value
@@ -165,6 +192,8 @@ class Variable(Generic[A]):
         else:
             current[key] = item  # type: ignore[index]
             return
+        if _FRAMES:
+            _check_frame(self, new)
         object.__setattr__(self, "_value", new)
 
     # -- metadata ---------------------------------------------------------------------
@@ -234,6 +263,8 @@ class Variable(Generic[A]):
         object.__setattr__(new, "_value", self._value)
         object.__setattr__(new, "_meta", self._meta)
         object.__setattr__(new, "_nnx_stamp", 0)
+        if _FRAMES:
+            _FRAMES[-1].add(id(new))
         return new
 
     __copy__ = copy
@@ -368,6 +399,8 @@ def _register_pytree(cls: type[Variable]) -> None:
         object.__setattr__(new, "_value", children[0])
         object.__setattr__(new, "_meta", meta)
         object.__setattr__(new, "_nnx_stamp", 0)
+        if _FRAMES:
+            _FRAMES[-1].add(id(new))
         return new
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)

@@ -1,0 +1,386 @@
+"""The one lift mechanism: split the graph arguments of a call, rebuild them inside a traced
+function, collect what changed, and write it back onto the caller's objects.
+
+Every nnx transform goes through here; an adapter only maps its own arguments (axes,
+argnums, shardings) onto the flat list of leaves.
+
+Outside the trace (every call, so it must be cheap):
+  1. :func:`split_args` flattens the graph arguments (Modules, Variables, Rngs, and pytrees
+     holding them) together, through the graph's structure cache, and returns a
+     :class:`CallSpec` (static, hashable, cached per structure) plus the raw leaf values.
+  2. The adapter calls the JAX transform on a pure function of those values.
+  3. :func:`apply` writes the returned values back into the original Variables.
+
+Inside the trace:
+  * :func:`rebuild` makes fresh objects around the traced values (a transform frame tracks
+    them so that state mutated through a closure is caught, see ``variables._FRAMES``);
+  * :func:`collect` flattens them again after the user function ran. When the structure is
+    unchanged and the output holds no graph objects (the common case) only the changed
+    values are returned; otherwise the whole joint graph of (inputs, output) is returned with
+    a map from its nodes to the input nodes, and :func:`apply` updates the caller's objects
+    in place (new attributes, new sub-modules, replaced Variables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..graph import GraphDef, _build, _Flat, _flatten_cached, _flatten_full, _write_slot
+from ..pytreelib import Dict, List, Pytree
+from ..variables import _FRAMES, Variable
+
+__all__ = [
+    "CallSpec",
+    "Out",
+    "apply",
+    "collect",
+    "contains_graph",
+    "is_graph_arg",
+    "rebuild",
+    "split_args",
+]
+
+_GRAPH_TYPES = (Pytree, List, Dict, Variable)
+_PLAIN_TYPES = (jax.Array, np.ndarray, int, float, bool, complex, str, type(None))
+
+
+def _is_graph_leaf(x: Any) -> bool:
+    return isinstance(x, _GRAPH_TYPES)
+
+
+def contains_graph(x: Any) -> bool:
+    """True if `x` is, or is a pytree holding, a Module/Variable/Rngs/List/Dict."""
+    if isinstance(x, _GRAPH_TYPES):
+        return True
+    if isinstance(x, _PLAIN_TYPES):
+        return False
+    return any(
+        _is_graph_leaf(leaf) for leaf in jax.tree_util.tree_leaves(x, is_leaf=_is_graph_leaf)
+    )
+
+
+is_graph_arg = contains_graph
+
+
+class CallSpec:
+    """Static description of one call's graph arguments: hashable, cached per structure.
+
+    Attributes:
+      graphdef: the GraphDef of the tuple of graph arguments.
+      metas: each leaf's Variable metadata (None for raw array leaves).
+      positions: where the graph arguments sit: ints for positional, strs for keywords.
+      slices: (start, stop) of each graph argument's leaves in the flat leaf list.
+      paths: each leaf's path inside its own argument.
+    """
+
+    __slots__ = ("_hash", "graphdef", "metas", "paths", "positions", "root_of", "slices")
+
+    def __init__(self, flat: _Flat, positions: tuple[int | str, ...]):
+        self.graphdef: GraphDef = flat.graphdef
+        self.metas = tuple(
+            leaf._meta if slot is None else None
+            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
+        )
+        self.positions = positions
+        self.root_of = tuple(p[0] for p in flat.paths)
+        self.paths = tuple(p[1:] for p in flat.paths)
+        slices = []
+        start = 0
+        for k in range(len(positions)):
+            stop = start
+            while stop < len(self.root_of) and self.root_of[stop] == k:
+                stop += 1
+            slices.append((start, stop))
+            start = stop
+        self.slices = tuple(slices)
+        self._hash = hash((self.graphdef, self.metas, positions))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return (
+            isinstance(other, CallSpec)
+            and self._hash == other._hash
+            and self.positions == other.positions
+            and self.graphdef == other.graphdef
+            and self.metas == other.metas
+        )
+
+    def __repr__(self) -> str:
+        return f"CallSpec({self.graphdef!r}, positions={self.positions})"
+
+
+def split_args(
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    skip: frozenset[int] = frozenset(),
+    skip_names: frozenset[str] = frozenset(),
+) -> tuple[CallSpec, _Flat, list[Any]]:
+    """Flattens the graph arguments of a call; returns its spec, the flatten, and the values."""
+    positions: list[int | str] = [
+        i for i, a in enumerate(args) if i not in skip and contains_graph(a)
+    ]
+    positions += [k for k, v in kwargs.items() if k not in skip_names and contains_graph(v)]
+    roots = tuple(args[p] if isinstance(p, int) else kwargs[p] for p in positions)
+    flat = _flatten_cached(roots)
+    key = tuple(positions)
+    spec = flat.extra.get(key)
+    if spec is None:
+        spec = flat.extra[key] = CallSpec(flat, key)
+    if flat.has_raw:
+        values = [
+            leaf._value if slot is None else leaf
+            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
+        ]
+    else:
+        values = [leaf._value for leaf in flat.leaves]
+    return spec, flat, values
+
+
+def replace_graph_args(
+    args: Sequence[Any], kwargs: dict[str, Any], spec: CallSpec, parts: Sequence[Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Puts parts[k] in place of the k-th graph argument."""
+    new_args = list(args)
+    new_kwargs = dict(kwargs)
+    for k, p in enumerate(spec.positions):
+        if isinstance(p, int):
+            new_args[p] = parts[k]
+        else:
+            new_kwargs[p] = parts[k]
+    return new_args, new_kwargs
+
+
+def values_by_arg(spec: CallSpec, values: Sequence[Any]) -> list[list[Any]]:
+    """Splits the flat values into one list per graph argument."""
+    return [list(values[a:b]) for a, b in spec.slices]
+
+
+# -- inside the trace ---------------------------------------------------------------------
+class Frame:
+    """Context manager marking a transform's trace: Variables rebuilt or created inside it may
+    take traced values; any other Variable that does raises TraceContextError."""
+
+    def __enter__(self) -> Frame:
+        _FRAMES.append(set())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _FRAMES.pop()
+
+
+def rebuild(spec: CallSpec, values: Sequence[Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    """Fresh graph objects around `values` (inside a trace); returns (roots, node table)."""
+    nodes: list[Any] = []
+    roots = _build(spec.graphdef, list(values), False, metas=list(spec.metas), nodes_out=nodes)
+    return roots, nodes
+
+
+class Out:
+    """Static part of a lifted function's output (a pytree with no leaves): tells
+    :func:`apply` how to read the returned values.
+
+    mode 'fast': `indices` are the leaves whose values come back (in order), `metas` the
+    (index, metadata) pairs that changed. mode 'full': the joint (inputs, output) graph
+    `graphdef`, and `reuse`, pairs (joint node index, input node index).
+    """
+
+    __slots__ = ("graphdef", "indices", "metas", "mode", "reuse")
+
+    def __init__(self, mode: str, indices=(), metas=(), graphdef=None, reuse=()):
+        self.mode = mode
+        self.indices = indices
+        self.metas = metas
+        self.graphdef = graphdef
+        self.reuse = reuse
+
+    def _key(self) -> tuple:
+        return (self.mode, self.indices, self.metas, self.graphdef, self.reuse)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Out) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+jax.tree_util.register_pytree_node(Out, lambda o: ((), o), lambda o, _: o)
+
+
+def collect(
+    spec: CallSpec,
+    roots: tuple[Any, ...],
+    nodes: list[Any],
+    in_values: Sequence[Any],
+    out: Any,
+    *,
+    force: Callable[[int], bool] | bool = False,
+    allow_structure_change: bool = True,
+    what: str = "this transform",
+) -> tuple[Any, list[Any], Out]:
+    """After the user function ran: returns (output, values to send out, Out).
+
+    Args:
+      force: leaves to return even when unchanged (donated buffers, control-flow carries);
+        True for all.
+      allow_structure_change: when False, a structural change raises TraceContextError.
+    """
+    post = _flatten_full(roots)
+    same = post.graphdef == spec.graphdef
+    if same and not contains_graph(out):
+        indices, values, metas = [], [], []
+        for i, leaf in enumerate(post.leaves):
+            is_var = isinstance(leaf, Variable)
+            value = leaf._value if is_var else leaf
+            if force is True or value is not in_values[i] or (force and force(i)):
+                indices.append(i)
+                values.append(value)
+            if is_var and leaf._meta is not spec.metas[i] and leaf._meta != spec.metas[i]:
+                metas.append((i, leaf._meta))
+        return out, values, Out("fast", tuple(indices), tuple(metas))
+    if not same and not allow_structure_change:
+        from ..errors import TraceContextError
+
+        raise TraceContextError(
+            f"The structure of the arguments changed inside {what} (an attribute or "
+            "Variable was added, removed or replaced), which it cannot carry out: "
+            f"before {spec.graphdef!r}, after {post.graphdef!r}.\n"
+            "Fix: create new attributes and sub-modules before the transform (e.g. run "
+            "the model once eagerly, or use nnx.eval_shape / lazy initialisation first)."
+        )
+    joint = _flatten_full((roots, out))
+    index_of = {id(n): i for i, n in enumerate(nodes)}
+    reuse = tuple((j, index_of[id(n)]) for j, n in enumerate(joint.nodes) if id(n) in index_of)
+    values = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in joint.leaves]
+    metas = tuple(leaf._meta if isinstance(leaf, Variable) else None for leaf in joint.leaves)
+    return None, values, Out("full", metas=metas, graphdef=joint.graphdef, reuse=reuse)
+
+
+# -- outside the trace --------------------------------------------------------------------
+def apply(flat: _Flat, out: Any, values: Sequence[Any], info: Out, *, write: bool = True) -> Any:
+    """Writes `values` back into the caller's objects as `info` says; returns the output.
+
+    With ``write=False`` (eval_shape) the caller's objects are left alone and any graph
+    objects in the output are built fresh.
+    """
+    if info.mode == "fast":
+        if write:
+            leaves = flat.leaves
+            slots = flat.slots
+            for i, value in zip(info.indices, values, strict=True):
+                slot = slots[i]
+                if slot is None:
+                    object.__setattr__(leaves[i], "_value", value)
+                else:
+                    _write_slot(slot, value)
+                    leaves[i] = value
+            for i, meta in info.metas:
+                leaves[i].set_metadata(dict(meta))
+        return out
+    reuse = {j: flat.nodes[i] for j, i in info.reuse} if write else None
+    _, result = _build(info.graphdef, list(values), False, metas=list(info.metas), reuse=reuse)
+    return result
+
+
+def abstract_value(x: Any) -> Any:
+    """A ShapeDtypeStruct for array-likes, the value itself otherwise."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    return x
+
+
+class FilterMap:
+    """An ordered ``{filter: value}`` mapping that assigns a value to each leaf of a graph
+    argument: the value of the first filter that matches the leaf (base of StateAxes and
+    StateSharding)."""
+
+    def __init__(self, mapping: Any = (), /):
+        items = mapping.items() if isinstance(mapping, dict) else mapping
+        self.filters = tuple(f for f, _ in items)
+        self.values = tuple(v for _, v in items)
+        from ..filters import to_predicate
+
+        self._predicates = tuple(to_predicate(f) for f in self.filters)
+
+    def items(self):
+        return zip(self.filters, self.values, strict=True)
+
+    def resolve(self, leaves: Sequence[Any], paths: Sequence[tuple], what: str) -> list[Any]:
+        """One value per leaf; raises TransformError naming the leaves no filter matches."""
+        from ..errors import TransformError, format_path, short_list
+
+        out, unmatched = [], []
+        for leaf, path in zip(leaves, paths, strict=True):
+            for pred, value in zip(self._predicates, self.values, strict=True):
+                if pred(path, leaf):
+                    out.append(value)
+                    break
+            else:
+                unmatched.append(format_path(path, "arg"))
+        if unmatched:
+            raise TransformError(
+                f"{type(self).__name__}({dict(self.items())!r}) given to {what} does not "
+                f"cover {len(unmatched)} leaves:\n{short_list(unmatched)}\n"
+                "Fix: add a catch-all entry `...: value` as the last filter."
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and (self.filters, self.values) == (
+            other.filters,  # type: ignore[attr-defined]
+            other.values,  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.filters, self.values))
+
+
+def call_transformed(
+    fun: Callable,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    wrap: Callable[[Callable], Callable],
+    *,
+    static: frozenset[int] = frozenset(),
+    write: bool = True,
+    what: str = "this transform",
+    finish: Callable[[Any], tuple[Any, list, Out, Any]] | None = None,
+) -> Any:
+    """Runs ``wrap(pure)(values, dyn_args, dyn_kwargs)`` for transforms that trace once per
+    call (checkpoint, eval_shape, checkify...), then writes back.
+
+    `pure` rebuilds the graph arguments, calls `fun`, and returns ``collect``'s triple.
+    Positions in `static` are closed over as Python values instead of being traced.
+    `finish` unpacks a wrapped result that is not the plain triple (e.g. checkify's
+    ``(error, triple)``) into ``(out, values, info, extra)``; the call then returns
+    ``(extra, out)``.
+    """
+    spec, flat, values = split_args(args, kwargs, static)
+    graph_pos = set(spec.positions)
+    dyn_args = [None if (i in static or i in graph_pos) else a for i, a in enumerate(args)]
+    dyn_kwargs = {k: (None if k in graph_pos else v) for k, v in kwargs.items()}
+
+    def pure(values: list, dyn_args: list, dyn_kwargs: dict) -> Any:
+        full = [args[i] if i in static else a for i, a in enumerate(dyn_args)]
+        with Frame():
+            roots, nodes = rebuild(spec, values)
+            new_args, new_kwargs = replace_graph_args(full, dyn_kwargs, spec, roots)
+            out = fun(*new_args, **new_kwargs)
+            return collect(spec, roots, nodes, values, out, what=what)
+
+    result = wrap(pure)(values, dyn_args, dyn_kwargs)
+    if finish is None:
+        out, new_values, info = result
+        return apply(flat, out, new_values, info, write=write)
+    out, new_values, info, extra = finish(result)
+    return extra, apply(flat, out, new_values, info, write=write)

@@ -1,0 +1,433 @@
+"""Automatic differentiation over graph objects: ``grad``, ``value_and_grad``, ``vjp``,
+``jvp``, ``custom_vjp`` and ``remat``.
+
+By default ``nnx.grad`` differentiates the ``nnx.Param`` Variables of argument 0 and returns
+their gradients as a :class:`State` of the same shape as ``nnx.state(model, nnx.Param)``.
+Other state the function changes (BatchNorm statistics, RNG counters) is written back.
+
+Example:
+  >>> class Scale(nnx.Module):
+  ...   def __init__(self):
+  ...     self.w = nnx.Param(jnp.array(3.0))
+  ...     self.calls = nnx.BatchStat(jnp.array(0))
+  ...   def __call__(self, x):
+  ...     self.calls.value += 1
+  ...     return self.w * x
+  >>> model = Scale()
+  >>> grads = nnx.grad(lambda m, x: m(x) ** 2)(model, 2.0)
+  >>> float(grads['w'].value), int(model.calls.value)   # d(w x)^2/dw = 2 w x^2
+  (24.0, 1)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from ..errors import TransformError
+from ..filters import Filter, to_predicate
+from ..state import State, from_flat_state
+from ..variables import Param, Variable
+from ._lift import (
+    CallSpec,
+    Frame,
+    apply,
+    call_transformed,
+    collect,
+    rebuild,
+    replace_graph_args,
+    split_args,
+)
+
+__all__ = [
+    "DiffState",
+    "custom_vjp",
+    "grad",
+    "jvp",
+    "remat",
+    "value_and_grad",
+    "vjp",
+]
+
+
+class DiffState:
+    """Which part of a graph argument to differentiate: ``DiffState(argnum, filter)``."""
+
+    def __init__(self, argnum: int, filter: Filter):
+        self.argnum = argnum
+        self.filter = filter
+
+    def __repr__(self) -> str:
+        return f"DiffState({self.argnum}, {self.filter!r})"
+
+
+def _diff_items(argnums: Any) -> tuple[list[DiffState], bool]:
+    if isinstance(argnums, int):
+        return [DiffState(argnums, Param)], True
+    if isinstance(argnums, DiffState):
+        return [argnums], True
+    items = [a if isinstance(a, DiffState) else DiffState(a, Param) for a in argnums]
+    return items, False
+
+
+def _groups(spec: CallSpec, flat: Any, items: list[DiffState], args: Sequence[Any]) -> list:
+    groups = []
+    for d in items:
+        if d.argnum >= len(args):
+            raise TransformError(
+                f"argnums refers to argument {d.argnum} but the function got {len(args)} "
+                "positional arguments. Fix: pass argnums that exist."
+            )
+        if d.argnum in spec.positions:
+            k = spec.positions.index(d.argnum)
+            a, b = spec.slices[k]
+            pred = to_predicate(d.filter)
+            idx = [i for i in range(a, b) if pred(spec.paths[i], flat.leaves[i])]
+            groups.append(("graph", idx))
+        else:
+            groups.append(("plain", d.argnum))
+    return groups
+
+
+def _grad_state(spec: CallSpec, flat: Any, idx: list[int], grads: list[Any]) -> State:
+    pairs = []
+    for i, g in zip(idx, grads, strict=True):
+        leaf = flat.leaves[i]
+        pairs.append((spec.paths[i], leaf.replace(g) if isinstance(leaf, Variable) else g))
+    return from_flat_state(pairs)
+
+
+def _lifted_value_and_grad(
+    f: Callable, argnums: Any, has_aux: bool, holomorphic: bool, allow_int: bool, name: str
+) -> Callable:
+    items, single = _diff_items(argnums)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        spec, flat, values = split_args(args, kwargs)
+        groups = _groups(spec, flat, items, args)
+        diff_inputs = tuple(
+            [values[i] for i in g] if kind == "graph" else args[g] for kind, g in groups
+        )
+
+        def pure(diff_inputs: tuple) -> Any:
+            vals = list(values)
+            call_args = list(args)
+            for (kind, g), inp in zip(groups, diff_inputs, strict=True):
+                if kind == "graph":
+                    for i, v in zip(g, inp, strict=True):
+                        vals[i] = v
+                else:
+                    call_args[g] = inp
+            with Frame():
+                roots, nodes = rebuild(spec, vals)
+                new_args, new_kwargs = replace_graph_args(call_args, kwargs, spec, roots)
+                res = f(*new_args, **new_kwargs)
+                if has_aux:
+                    if not (isinstance(res, tuple) and len(res) == 2):
+                        raise TransformError(
+                            f"{name}(has_aux=True) expects the function to return "
+                            f"(loss, aux); it returned {type(res).__name__}."
+                        )
+                    loss, aux = res
+                else:
+                    loss, aux = res, None
+                if not hasattr(loss, "shape") and not isinstance(loss, float | int):
+                    raise TransformError(
+                        f"{name}: the function must return a scalar loss, got "
+                        f"{type(loss).__name__}. A Module or State cannot be differentiated "
+                        "as an output. Fix: return a scalar (and use has_aux=True for "
+                        "anything else)."
+                    )
+                return loss, collect(spec, roots, nodes, vals, aux, what=name)
+
+        (loss, (aux, new_values, info)), grads = jax.value_and_grad(
+            pure, has_aux=True, holomorphic=holomorphic, allow_int=allow_int
+        )(diff_inputs)
+        aux = apply(flat, aux, new_values, info)
+        outs = []
+        for (kind, g), gr in zip(groups, grads, strict=True):
+            outs.append(_grad_state(spec, flat, g, gr) if kind == "graph" else gr)
+        grads_out = outs[0] if single else tuple(outs)
+        return ((loss, aux) if has_aux else loss), grads_out
+
+    return wrapper
+
+
+def value_and_grad(
+    f: Callable | None = None,
+    *,
+    argnums: int | DiffState | Sequence[int | DiffState] = 0,
+    has_aux: bool = False,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+) -> Any:
+    """Like ``jax.value_and_grad``, over graph objects; see :func:`grad`."""
+    if f is None:
+        return functools.partial(
+            value_and_grad,
+            argnums=argnums,
+            has_aux=has_aux,
+            holomorphic=holomorphic,
+            allow_int=allow_int,
+        )
+    return _lifted_value_and_grad(f, argnums, has_aux, holomorphic, allow_int, "nnx.value_and_grad")
+
+
+def grad(
+    f: Callable | None = None,
+    *,
+    argnums: int | DiffState | Sequence[int | DiffState] = 0,
+    has_aux: bool = False,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+) -> Any:
+    """Gradient of a scalar function of graph objects.
+
+    Args:
+      f: the function; its argument `argnums` may be a Module (or any graph object).
+      argnums: an int (that argument's ``nnx.Param``s; plain arrays as themselves), a
+        ``DiffState(argnum, filter)`` to choose other Variables, or a sequence of those.
+      has_aux: `f` returns ``(loss, aux)``; the result is then ``(grads, aux)``.
+
+    Returns:
+      For a graph argument, a State of gradients (Variables of the same types); for a plain
+      argument, its gradient; a tuple when `argnums` is a sequence.
+    """
+    if f is None:
+        return functools.partial(
+            grad, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic, allow_int=allow_int
+        )
+    vg = _lifted_value_and_grad(f, argnums, has_aux, holomorphic, allow_int, "nnx.grad")
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        value, grads = vg(*args, **kwargs)
+        if has_aux:
+            return grads, value[1]
+        return grads
+
+    return wrapper
+
+
+def _param_view(primals: Sequence[Any]) -> tuple[CallSpec, Any, list, list[list[int]]]:
+    spec, flat, values = split_args(primals, {})
+    groups = []
+    for k in range(len(spec.positions)):
+        a, b = spec.slices[k]
+        groups.append([i for i in range(a, b) if isinstance(flat.leaves[i], Param)])
+    return spec, flat, values, groups
+
+
+def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> Any:
+    """``jax.vjp`` where graph primals contribute their ``nnx.Param`` state.
+
+    Returns ``(out, vjp_fn)`` (plus aux with `has_aux`); ``vjp_fn(cotangent)`` returns one
+    cotangent per primal: a State of Params for graph primals, an array otherwise.
+    """
+    spec, flat, values, groups = _param_view(primals)
+    graph_pos = list(spec.positions)
+    inputs = [
+        [values[i] for i in groups[graph_pos.index(p)]] if p in graph_pos else a
+        for p, a in enumerate(primals)
+    ]
+
+    def pure(*inputs: Any) -> Any:
+        vals = list(values)
+        call = list(inputs)
+        for k, p in enumerate(graph_pos):
+            for i, v in zip(groups[k], inputs[p], strict=True):
+                vals[i] = v
+        with Frame():
+            roots, nodes = rebuild(spec, vals)
+            new_args, _ = replace_graph_args(call, {}, spec, roots)
+            res = f(*new_args)
+            out, aux = res if has_aux else (res, None)
+            return out, collect(spec, roots, nodes, vals, aux, what="nnx.vjp")
+
+    out, vjp_raw, (aux, new_values, info) = jax.vjp(pure, *inputs, has_aux=True)
+    aux = apply(flat, aux, new_values, info)
+
+    def vjp_fn(cotangent: Any) -> tuple:
+        cts = vjp_raw(cotangent)
+        result = []
+        for p, ct in enumerate(cts):
+            if p in graph_pos:
+                result.append(_grad_state(spec, flat, groups[graph_pos.index(p)], ct))
+            else:
+                result.append(ct)
+        return tuple(result)
+
+    return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
+
+
+def jvp(f: Callable, primals: Sequence[Any], tangents: Sequence[Any], has_aux: bool = False):
+    """``jax.jvp`` where a graph primal's tangent is a State of its ``nnx.Param``s (as
+    ``nnx.state(model, nnx.Param)`` returns). Returns ``(out, tangent_out)``."""
+    spec, _, values, groups = _param_view(primals)
+    graph_pos = list(spec.positions)
+
+    def as_list(p: int, t: Any) -> Any:
+        if p not in graph_pos:
+            return t
+        k = graph_pos.index(p)
+        by_path = {path: leaf for path, leaf in State(t).flat_state()} if t is not None else {}
+        out = []
+        for i in groups[k]:
+            leaf = by_path.get(spec.paths[i])
+            if leaf is None:
+                raise TransformError(
+                    f"nnx.jvp: the tangent for argument {p} has no entry for "
+                    f"{spec.paths[i]}. Fix: build it like nnx.state(model, nnx.Param)."
+                )
+            out.append(leaf._value if isinstance(leaf, Variable) else leaf)
+        return out
+
+    prim_in = [
+        [values[i] for i in groups[graph_pos.index(p)]] if p in graph_pos else a
+        for p, a in enumerate(primals)
+    ]
+    tan_in = [as_list(p, t) for p, t in enumerate(tangents)]
+
+    def pure(*inputs: Any) -> Any:
+        vals = list(values)
+        call = list(inputs)
+        for k, p in enumerate(graph_pos):
+            for i, v in zip(groups[k], inputs[p], strict=True):
+                vals[i] = v
+        with Frame():
+            roots, _ = rebuild(spec, vals)
+            new_args, _ = replace_graph_args(call, {}, spec, roots)
+            return f(*new_args)
+
+    if has_aux:
+        return jax.jvp(pure, tuple(prim_in), tuple(tan_in), has_aux=True)
+    return jax.jvp(pure, tuple(prim_in), tuple(tan_in))
+
+
+def remat(
+    f: Callable | None = None,
+    *,
+    prevent_cse: bool = True,
+    static_argnums: int | Sequence[int] = (),
+    policy: Callable[..., bool] | None = None,
+) -> Any:
+    """``jax.checkpoint`` (rematerialisation) over graph objects: activations are recomputed
+    in the backward pass instead of stored. State changes propagate as usual."""
+    if f is None:
+        return functools.partial(
+            remat, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy
+        )
+    static = frozenset((static_argnums,) if isinstance(static_argnums, int) else static_argnums)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return call_transformed(
+            f,
+            args,
+            kwargs,
+            lambda pure: jax.checkpoint(pure, prevent_cse=prevent_cse, policy=policy),
+            static=static,
+            what="nnx.remat",
+        )
+
+    return wrapper
+
+
+checkpoint = remat
+
+
+class custom_vjp:
+    """``jax.custom_vjp`` for functions of graph objects.
+
+    ``fwd(*args) -> (out, residuals)`` and ``bwd(residuals, g) -> cotangents`` follow
+    ``jax.custom_vjp``, except that the cotangent for a graph argument is a State of its
+    ``nnx.Param``s (shaped like ``nnx.state(arg, nnx.Param)``). Graph arguments are
+    read-only inside `f`.
+
+    Example:
+      >>> class Lin(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.array(2.0))
+      >>> @nnx.custom_vjp
+      ... def f(m, x):
+      ...   return m.w.value * x
+      >>> def fwd(m, x):
+      ...   return f(m, x), (m.w.value, x)
+      >>> def bwd(res, g):
+      ...   w, x = res
+      ...   return nnx.State({'w': nnx.Param(10 * g * x)}), g * w   # a deliberately odd rule
+      >>> f.defvjp(fwd, bwd)
+      >>> grads = nnx.grad(lambda m, x: f(m, x))(Lin(), 3.0)
+      >>> float(grads['w'].value)
+      30.0
+    """
+
+    def __init__(self, fun: Callable):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.fwd: Callable | None = None
+        self.bwd: Callable | None = None
+
+    def defvjp(self, fwd: Callable, bwd: Callable) -> None:
+        self.fwd, self.bwd = fwd, bwd
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fwd is None or self.bwd is None:
+            raise TransformError(
+                f"custom_vjp function {self.fun.__name__} has no rule. "
+                "Fix: call .defvjp(fwd, bwd) first."
+            )
+        spec, _, values, groups = _param_view(args)
+        graph_pos = list(spec.positions)
+        fun, fwd, bwd = self.fun, self.fwd, self.bwd
+
+        def rebuild_args(inputs: Sequence[Any]) -> list:
+            vals = list(values)
+            for k, p in enumerate(graph_pos):
+                for i, v in zip(groups[k], inputs[p], strict=True):
+                    vals[i] = v
+            roots, _ = rebuild(spec, vals)
+            new_args, _ = replace_graph_args(list(inputs), {}, spec, roots)
+            return new_args
+
+        @jax.custom_vjp
+        def pure(*inputs: Any) -> Any:
+            with Frame():
+                return fun(*rebuild_args(inputs))
+
+        def pure_fwd(*inputs: Any) -> Any:
+            with Frame():
+                return fwd(*rebuild_args(inputs))
+
+        def pure_bwd(res: Any, g: Any) -> tuple:
+            cts = bwd(res, g)
+            if not isinstance(cts, tuple):
+                cts = (cts,)
+            out = []
+            for p, ct in enumerate(cts):
+                if p in graph_pos:
+                    k = graph_pos.index(p)
+                    by_path = dict(State(ct).flat_state()) if ct is not None else {}
+                    out.append(
+                        [_value_or_zero(by_path.get(spec.paths[i]), values[i]) for i in groups[k]]
+                    )
+                else:
+                    out.append(ct)
+            return tuple(out)
+
+        pure.defvjp(pure_fwd, pure_bwd)
+        inputs = [
+            [values[i] for i in groups[graph_pos.index(p)]] if p in graph_pos else a
+            for p, a in enumerate(args)
+        ]
+        return pure(*inputs)
+
+
+def _value_or_zero(leaf: Any, like: Any) -> Any:
+    if leaf is None:
+        return jax.numpy.zeros_like(like)
+    return leaf._value if isinstance(leaf, Variable) else leaf

@@ -1,0 +1,258 @@
+"""``nnx.jit``: ``jax.jit`` over functions of Modules, Variables, Rngs and optimizers.
+
+Graph arguments are replaced by the list of their leaf values before the compiled call, and
+the values that changed come back and are written into the same Python objects. On an
+unchanged model a call does no graph traversal: the structure cache hands over the
+Variables, the :class:`CallSpec` (the static argument of the compiled function) is reused,
+so jax's dispatch cache hits without hashing the graph again.
+
+Example:
+  >>> class Counter(nnx.Module):
+  ...   def __init__(self):
+  ...     self.count = nnx.BatchStat(jnp.array(0))
+  ...     self.w = nnx.Param(jnp.ones(3))
+  ...   def __call__(self, x):
+  ...     self.count.value += 1
+  ...     return x * self.w
+  >>> @nnx.jit
+  ... def step(model, x):
+  ...   return model(x)
+  >>> model = Counter()
+  >>> step(model, jnp.ones(3)).tolist(), int(model.count.value)
+  ([1.0, 1.0, 1.0], 1)
+  >>> _ = step(model, jnp.ones(3)); int(model.count.value)
+  2
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+
+from ..errors import TransformError
+from ..state import _flat_pairs
+from ..variables import Variable
+from ._lift import (
+    CallSpec,
+    FilterMap,
+    Frame,
+    apply,
+    collect,
+    rebuild,
+    replace_graph_args,
+    split_args,
+)
+
+__all__ = ["JitWrapped", "StateSharding", "jit"]
+
+_UNSPECIFIED: Any = object()
+
+
+class StateSharding(FilterMap):
+    """Per-filter shardings for a graph argument of ``nnx.jit``:
+    ``StateSharding({nnx.Param: param_sharding, ...: None})``."""
+
+
+def _as_tuple(x: int | Iterable[int] | None) -> tuple:
+    if x is None:
+        return ()
+    if isinstance(x, int | str):
+        return (x,)
+    return tuple(x)
+
+
+class JitWrapped:
+    """The callable ``nnx.jit`` returns; also usable as a method decorator."""
+
+    def __init__(
+        self,
+        fun: Callable,
+        *,
+        in_shardings: Any = _UNSPECIFIED,
+        out_shardings: Any = _UNSPECIFIED,
+        static_argnums: int | Iterable[int] | None = None,
+        static_argnames: str | Iterable[str] | None = None,
+        donate_argnums: int | Iterable[int] | None = None,
+        donate_argnames: str | Iterable[str] | None = None,
+        keep_unused: bool = False,
+        device: Any = None,
+        backend: str | None = None,
+        inline: bool = False,
+        compiler_options: dict[str, Any] | None = None,
+    ):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.static_argnums = _as_tuple(static_argnums)
+        self.static_argnames = _as_tuple(static_argnames)
+        self._static = frozenset(self.static_argnums)
+        self._static_names = frozenset(self.static_argnames)
+        self._donate = frozenset(_as_tuple(donate_argnums))
+        self._donate_names = frozenset(_as_tuple(donate_argnames))
+        self.in_shardings = in_shardings
+        self.out_shardings = out_shardings
+        self._jit_kwargs: dict[str, Any] = dict(
+            static_argnums=(0, *(i + 1 for i in self.static_argnums)),
+            static_argnames=self.static_argnames or None,
+            donate_argnums=tuple(i + 1 for i in self._donate) or None,
+            donate_argnames=tuple(self._donate_names) or None,
+            keep_unused=keep_unused,
+            inline=inline,
+        )
+        if device is not None:
+            self._jit_kwargs["device"] = device
+        if backend is not None:
+            self._jit_kwargs["backend"] = backend
+        if compiler_options is not None:
+            self._jit_kwargs["compiler_options"] = compiler_options
+        self._per_spec = in_shardings is not _UNSPECIFIED or out_shardings is not _UNSPECIFIED
+        self._jitted = None if self._per_spec else jax.jit(self._inner, **self._jit_kwargs)
+        self._jitted_by_spec: dict[CallSpec, Any] = {}
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self, obj)
+
+    # -- inside the trace ---------------------------------------------------------------
+    def _inner(self, spec: CallSpec, *args: Any, **kwargs: Any) -> Any:
+        parts = [args[p] if isinstance(p, int) else kwargs[p] for p in spec.positions]
+        values = [v for part in parts for v in part]
+        donated = {
+            k
+            for k, p in enumerate(spec.positions)
+            if (p in self._donate if isinstance(p, int) else p in self._donate_names)
+        }
+        force = (lambda i: spec.root_of[i] in donated) if donated else False
+        with Frame():
+            roots, nodes = rebuild(spec, values)
+            new_args, new_kwargs = replace_graph_args(args, kwargs, spec, roots)
+            out = self.fun(*new_args, **new_kwargs)
+            return collect(spec, roots, nodes, values, out, force=force, what="nnx.jit")
+
+    # -- outside ------------------------------------------------------------------------
+    def _split(self, args: tuple, kwargs: dict) -> tuple:
+        spec, flat, values = split_args(args, kwargs, self._static, self._static_names)
+        if len(spec.slices) == 1:
+            parts: list[Any] = [values]
+        else:
+            parts = [values[a:b] for a, b in spec.slices]
+        new_args, new_kwargs = replace_graph_args(args, kwargs, spec, parts)
+        return spec, flat, new_args, new_kwargs
+
+    def _get_jitted(self, spec: CallSpec, flat: Any, args: tuple) -> Any:
+        if self._jitted is not None:
+            return self._jitted
+        jitted = self._jitted_by_spec.get(spec)
+        if jitted is None:
+            kwargs = dict(self._jit_kwargs)
+            if self.in_shardings is not _UNSPECIFIED:
+                kwargs["in_shardings"] = self._leaf_in_shardings(spec, flat, args)
+            if self.out_shardings is not _UNSPECIFIED:
+                kwargs["out_shardings"] = (self.out_shardings, None, None)
+            jitted = self._jitted_by_spec[spec] = jax.jit(self._inner, **kwargs)
+        return jitted
+
+    def _leaf_in_shardings(self, spec: CallSpec, flat: Any, args: tuple) -> tuple:
+        user = self.in_shardings
+        n = len(args)
+        if not isinstance(user, tuple | list):
+            user = (user,) * n
+        if len(user) != n:
+            raise TransformError(
+                f"nnx.jit: in_shardings has {len(user)} entries but the function was called "
+                f"with {n} positional arguments. Fix: give one sharding (or None) per argument."
+            )
+        out = []
+        for i, s in enumerate(user):
+            if i in self._static:
+                continue
+            if i in spec.positions:
+                k = spec.positions.index(i)
+                a, b = spec.slices[k]
+                out.append(self._graph_sharding(s, flat.leaves[a:b], spec.paths[a:b]))
+            else:
+                out.append(s)
+        return tuple(out)
+
+    @staticmethod
+    def _graph_sharding(s: Any, leaves: list, paths: tuple) -> Any:
+        if isinstance(s, FilterMap):
+            return s.resolve(leaves, paths, "nnx.jit in_shardings")
+        if isinstance(s, dict) or hasattr(s, "_mapping"):
+            by_path = {p: (v._value if isinstance(v, Variable) else v) for p, v in _flat_pairs(s)}
+            missing = [p for p in paths if p not in by_path]
+            if missing:
+                raise TransformError(
+                    f"nnx.jit: the sharding state has no entry for {missing[:5]}. "
+                    "Fix: build it from the argument's own state (same paths)."
+                )
+            return [by_path[p] for p in paths]
+        return s  # one sharding (or None) for every leaf: a pytree prefix
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        spec, flat, new_args, new_kwargs = self._split(args, kwargs)
+        jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
+        out, values, info = jitted(spec, *new_args, **new_kwargs)
+        return apply(flat, out, values, info)
+
+    # -- introspection ------------------------------------------------------------------
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """``jax.stages.Lowered`` of the compiled call (``.compile()``, ``.as_text()``)."""
+        spec, flat, new_args, new_kwargs = self._split(args, kwargs)
+        return self._get_jitted(spec, flat, args).lower(spec, *new_args, **new_kwargs)
+
+    def trace(self, *args: Any, **kwargs: Any) -> Any:
+        """``jax.stages.Traced`` of the call (``.jaxpr``, ``.lower()``)."""
+        spec, flat, new_args, new_kwargs = self._split(args, kwargs)
+        return self._get_jitted(spec, flat, args).trace(spec, *new_args, **new_kwargs)
+
+    def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
+        """The output's shapes and dtypes, without computing (and without touching state)."""
+        spec, flat, new_args, new_kwargs = self._split(args, kwargs)
+        jitted = self._get_jitted(spec, flat, args)
+        out, values, info = jitted.eval_shape(spec, *new_args, **new_kwargs)
+        return apply(flat, out, values, info, write=False)
+
+
+def jit(
+    fun: Callable | None = None,
+    *,
+    in_shardings: Any = _UNSPECIFIED,
+    out_shardings: Any = _UNSPECIFIED,
+    static_argnums: int | Iterable[int] | None = None,
+    static_argnames: str | Iterable[str] | None = None,
+    donate_argnums: int | Iterable[int] | None = None,
+    donate_argnames: str | Iterable[str] | None = None,
+    keep_unused: bool = False,
+    device: Any = None,
+    backend: str | None = None,
+    inline: bool = False,
+    compiler_options: dict[str, Any] | None = None,
+) -> Any:
+    """Compiles `fun` with ``jax.jit``; Modules and other graph objects may be arguments and
+    outputs, and whatever the function changes on them is visible afterwards.
+
+    Arguments follow ``jax.jit``. For a graph argument, `in_shardings` may be one sharding
+    (all its leaves), a :class:`StateSharding` (per filter), or a State of shardings; donating
+    a graph argument donates its Variables' buffers (they are replaced by the new values).
+    Usable as ``@nnx.jit`` or ``@nnx.jit(static_argnums=...)``.
+    """
+    kwargs = dict(
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+        static_argnums=static_argnums,
+        static_argnames=static_argnames,
+        donate_argnums=donate_argnums,
+        donate_argnames=donate_argnames,
+        keep_unused=keep_unused,
+        device=device,
+        backend=backend,
+        inline=inline,
+        compiler_options=compiler_options,
+    )
+    if fun is None:
+        return functools.partial(jit, **kwargs)
+    return JitWrapped(fun, **kwargs)
