@@ -44,6 +44,7 @@ from .rngs import RngKey as RngKey
 from .rngs import Rngs as Rngs
 from .rngs import RngState as RngState
 from .rngs import RngStream as RngStream
+from .rngs import fork_rngs as fork_rngs
 from .rngs import reseed as reseed
 from .rngs import restore_rngs as restore_rngs
 from .rngs import split_rngs as split_rngs
@@ -68,7 +69,11 @@ from .transforms.control import switch as switch
 from .transforms.control import while_loop as while_loop
 from .transforms.jit import JitWrapped as JitWrapped
 from .transforms.jit import StateSharding as StateSharding
+from .transforms.jit import cached_partial as cached_partial
 from .transforms.jit import jit as jit
+from .transforms.jit import jit_partial as jit_partial
+from .transforms.parallel import pmap as pmap
+from .transforms.parallel import shard_map as shard_map
 from .transforms.scan import Carry as Carry
 from .transforms.scan import scan as scan
 from .transforms.tracing import checkify as checkify

@@ -43,7 +43,7 @@ from .errors import (
 from .filters import Filter
 from .pytreelib import Dict, List, Pytree, is_array, is_data
 from .state import State, _flat_pairs, _split_pairs, from_flat_state
-from .variables import Variable
+from .variables import Variable, _Meta
 
 __all__ = [
     "GraphDef",
@@ -356,6 +356,14 @@ def _replace_by_keyentry(value: Any, subpath: Path, new: Any) -> Any:
     return treedef.unflatten(children)
 
 
+def _replace_metadata(var: Variable, meta: Mapping) -> None:
+    """Gives `var` exactly `meta` as metadata (keys it lacks are dropped, unlike
+    ``set_metadata``, which merges): how a saved state or a transform's result rolls
+    metadata back. A structural change."""
+    object.__setattr__(var, "_meta", meta if isinstance(meta, _Meta) else _Meta(meta))
+    object.__setattr__(var, "_nnx_stamp", _version.bump())
+
+
 def _write_slot(slot: tuple, new: Any) -> None:
     owner, key, subpath = slot
     if subpath:
@@ -485,7 +493,7 @@ def _build(
                     meta, leaf = leaf._meta, leaf._value
                 object.__setattr__(old, "_value", leaf)
                 if meta is not None and meta is not old._meta and meta != old._meta:
-                    old.set_metadata(dict(meta))
+                    _replace_metadata(old, meta)
                 var = old
             elif isinstance(leaf, Variable):
                 var = leaf.copy() if copy else leaf
@@ -770,7 +778,7 @@ def update(node: Any, /, *states: Mapping) -> None:
             if isinstance(leaf, Variable):
                 object.__setattr__(target, "_value", leaf._value)
                 if leaf._meta is not target._meta and leaf._meta != target._meta:
-                    target.set_metadata(dict(leaf._meta))
+                    _replace_metadata(target, leaf._meta)
             else:
                 object.__setattr__(target, "_value", leaf)
         else:

@@ -36,6 +36,7 @@ __all__ = [
     "RngStream",
     "Rngs",
     "SplitBackups",
+    "fork_rngs",
     "reseed",
     "restore_rngs",
     "split_rngs",
@@ -282,6 +283,47 @@ def split_rngs(
                 keys = keys[0]
             value.key.value = keys
             value.count.value = jnp.zeros(keys.shape, jnp.uint32)
+    return backups
+
+
+def fork_rngs(
+    node: Any = None,
+    /,
+    *,
+    split: int | tuple[int, ...] | None = None,
+    only: Filter = ...,
+) -> Any:
+    """Gives every stream in `node` a fresh, independent key, in place (a batch of keys with
+    `split`), e.g. so that a transformed call does not reuse the caller's key sequence.
+
+    Like :func:`split_rngs`: a function returning :class:`SplitBackups` (restored by a
+    ``with`` block or :func:`restore_rngs`), or a decorator when `node` is omitted.
+
+    Example:
+      >>> rngs = nnx.Rngs(0)
+      >>> with nnx.fork_rngs(rngs, split=2):
+      ...   rngs.default.key.value.shape
+      (2,)
+    """
+    if node is None:
+
+        def decorator(f: Callable) -> Callable:
+            @functools.wraps(f)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with fork_rngs((args, kwargs), split=split, only=only):
+                    return f(*args, **kwargs)
+
+            return wrapper
+
+        return decorator
+    predicate = to_predicate(only)
+    backups = SplitBackups()
+    for path, value in iter_graph(node):
+        if isinstance(value, RngStream) and predicate((*path, value.tag), value.key):
+            backups.append((value, value.key.value, value.count.value))
+            forked = value.fork(split=split)
+            value.key.value = forked.key.value
+            value.count.value = forked.count.value
     return backups
 
 

@@ -76,7 +76,30 @@ _EMPTY_META = _Meta()
 # Transform frames: while an nnx transform traces a function, the ids of the Variables it
 # rebuilt (or that were created during the trace) are in _FRAMES[-1]. Assigning a traced value
 # to any other Variable would leak the tracer into an object the transform cannot write back.
-_FRAMES: list[set[int]] = []
+class _Frame(set):
+    """The ids of the Variables one transform trace rebuilt or created (and the objects)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objs: list[Variable] = []
+
+    def register(self, var: Variable) -> None:
+        self.add(id(var))
+        self.objs.append(var)
+
+    def close(self) -> None:
+        # The trace is over: these Variables hold tracers that mean nothing any more. Any
+        # later use of one (it leaked through a closure, a global, a list) raises a clear error.
+        for var in self.objs:
+            value = var._value
+            if isinstance(value, jax.core.Tracer) or any(
+                isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)
+            ):
+                object.__setattr__(var, "_value", _Leaked(type(var).__name__))
+        self.objs.clear()
+
+
+_FRAMES: list[_Frame] = []
 
 _LEAK_MESSAGE = (
     "{cls} (metadata {meta}) was assigned a traced value inside an nnx transform, but it was "
@@ -94,6 +117,45 @@ def _check_frame(var: Variable, value: Any) -> None:
         raise TraceContextError(
             _LEAK_MESSAGE.format(cls=type(var).__name__, meta=dict(var._meta) or "none")
         )
+
+
+_LEAKED_MESSAGE = (
+    "This {cls} was created inside an nnx transform (jit, grad, vmap, scan...) and used "
+    "after that transform finished: it leaked out of the trace (through a closure, a global "
+    "or a container the transform cannot see), and its value was a tracer that no longer "
+    "means anything.\nFix: return the object from the transformed function (nnx writes "
+    "state changes back to the objects you pass in), instead of storing it elsewhere."
+)
+
+
+class _Leaked:
+    """Stands in for the value of a Variable that leaked out of a transform's trace."""
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: str):
+        self.cls = cls
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        from .errors import TraceContextError
+
+        raise TraceContextError(_LEAKED_MESSAGE.format(cls=self.cls))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._fail()
+
+    def __repr__(self) -> str:
+        return f"<leaked {self.cls} value>"
+
+
+for _dunder in (
+    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __matmul__ "
+    "__rmatmul__ __pow__ __rpow__ __neg__ __getitem__ __setitem__ __len__ __iter__ __bool__ "
+    "__float__ __int__ __array__ __jax_array__ __lt__ __le__ __gt__ __ge__ __abs__"
+).split():
+    setattr(_Leaked, _dunder, _Leaked._fail)
 
 
 def _binary(name: str):
@@ -142,7 +204,7 @@ class Variable(Generic[A]):
         object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
         object.__setattr__(self, "_nnx_stamp", 0)
         if _FRAMES:
-            _FRAMES[-1].add(id(self))
+            _FRAMES[-1].register(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -264,7 +326,7 @@ class Variable(Generic[A]):
         object.__setattr__(new, "_meta", self._meta)
         object.__setattr__(new, "_nnx_stamp", 0)
         if _FRAMES:
-            _FRAMES[-1].add(id(new))
+            _FRAMES[-1].register(new)
         return new
 
     __copy__ = copy
@@ -400,7 +462,7 @@ def _register_pytree(cls: type[Variable]) -> None:
         object.__setattr__(new, "_meta", meta)
         object.__setattr__(new, "_nnx_stamp", 0)
         if _FRAMES:
-            _FRAMES[-1].add(id(new))
+            _FRAMES[-1].register(new)
         return new
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)

@@ -29,9 +29,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..graph import GraphDef, _build, _Flat, _flatten_cached, _flatten_full, _write_slot
+from ..graph import (
+    GraphDef,
+    _build,
+    _Flat,
+    _flatten_cached,
+    _flatten_full,
+    _replace_metadata,
+    _write_slot,
+)
 from ..pytreelib import Dict, List, Pytree
-from ..variables import _FRAMES, Variable
+from ..variables import _FRAMES, Variable, _Frame
 
 __all__ = [
     "CallSpec",
@@ -169,11 +177,11 @@ class Frame:
     take traced values; any other Variable that does raises TraceContextError."""
 
     def __enter__(self) -> Frame:
-        _FRAMES.append(set())
+        _FRAMES.append(_Frame())
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _FRAMES.pop()
+        _FRAMES.pop().close()
 
 
 def rebuild(spec: CallSpec, values: Sequence[Any]) -> tuple[tuple[Any, ...], list[Any]]:
@@ -282,7 +290,7 @@ def apply(flat: _Flat, out: Any, values: Sequence[Any], info: Out, *, write: boo
                     _write_slot(slot, value)
                     leaves[i] = value
             for i, meta in info.metas:
-                leaves[i].set_metadata(dict(meta))
+                _replace_metadata(leaves[i], meta)
         return out
     reuse = {j: flat.nodes[i] for j, i in info.reuse} if write else None
     _, result = _build(info.graphdef, list(values), False, metas=list(info.metas), reuse=reuse)

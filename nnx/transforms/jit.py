@@ -46,7 +46,7 @@ from ._lift import (
     split_args,
 )
 
-__all__ = ["JitWrapped", "StateSharding", "jit"]
+__all__ = ["JitWrapped", "StateSharding", "cached_partial", "jit", "jit_partial"]
 
 _UNSPECIFIED: Any = object()
 
@@ -256,3 +256,35 @@ def jit(
     if fun is None:
         return functools.partial(jit, **kwargs)
     return JitWrapped(fun, **kwargs)
+
+
+def cached_partial(f: Callable, *cached_args: Any) -> Callable:
+    """``functools.partial(f, *cached_args)``, kept for code written against flax.
+
+    flax.nnx needs this to skip re-traversing the graph of `cached_args` on every call; nnx's
+    structure cache already does that for every call of ``nnx.jit``, so it is plain partial
+    application here, with the same semantics: state changed on the cached arguments inside
+    the call is visible on them afterwards.
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.n = nnx.BatchStat(jnp.array(0))
+      >>> m = M()
+      >>> @nnx.jit
+      ... def step(m, k):
+      ...   m.n.value += k
+      >>> fast = nnx.cached_partial(step, m)
+      >>> fast(2); fast(3); int(m.n.value)
+      5
+    """
+    return functools.partial(f, *cached_args)
+
+
+def jit_partial(fun: Callable, *partial_args: Any, **jit_kwargs: Any) -> Callable:
+    """``nnx.jit(fun, **jit_kwargs)`` with `partial_args` bound first (flax compatibility).
+
+    Argument numbers in `jit_kwargs` (static_argnums, donate_argnums) count the bound
+    arguments too, as they would for ``fun`` itself.
+    """
+    return functools.partial(jit(fun, **jit_kwargs), *partial_args)

@@ -1,0 +1,174 @@
+"""Explicit parallelism over graph objects: ``shard_map`` and ``pmap``.
+
+For a graph argument, ``in_specs`` (``in_axes`` for pmap) may be one PartitionSpec (axis)
+for every leaf, or a ``{filter: spec}`` mapping (:class:`nnx.StateSharding` /
+:class:`nnx.StateAxes`) choosing per leaf. State changed inside comes back with the spec it
+went in with. The structure of the arguments must not change inside.
+
+Example:
+  >>> import numpy as np
+  >>> from jax.sharding import Mesh, PartitionSpec as P
+  >>> mesh = Mesh(np.array(jax.devices()[:4]), ('x',))
+  >>> class Count(nnx.Module):
+  ...   def __init__(self):
+  ...     self.n = nnx.BatchStat(jnp.zeros(4))
+  >>> c = Count()
+  >>> def f(c, x):
+  ...   c.n.value += 1
+  ...   return x * 2
+  >>> y = nnx.shard_map(f, mesh=mesh, in_specs=(P('x'), P('x')), out_specs=P('x'))(c, jnp.ones(8))
+  >>> y.shape, c.n.value.tolist()
+  ((8,), [1.0, 1.0, 1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from ..errors import TraceContextError, TransformError
+from ..graph import _flatten_full
+from ..variables import Variable
+from ._lift import FilterMap, Frame, Out, apply, rebuild, replace_graph_args, split_args
+
+__all__ = ["pmap", "shard_map"]
+
+
+def _per_leaf(spec: Any, flat: Any, per_arg: tuple, what: str) -> list[Any]:
+    out: list[Any] = []
+    for k, p in enumerate(spec.positions):
+        a, b = spec.slices[k]
+        s = per_arg[p]
+        if isinstance(s, FilterMap):
+            out.extend(s.resolve(flat.leaves[a:b], spec.paths[a:b], what))
+        else:
+            out.extend([s] * (b - a))
+    return out
+
+
+def _pure(f: Callable, spec: Any, what: str) -> Callable:
+    def pure(values: list, dyn: list) -> Any:
+        with Frame():
+            roots, _ = rebuild(spec, values)
+            new_args, _ = replace_graph_args(dyn, {}, spec, roots)
+            out = f(*new_args)
+            post = _flatten_full(roots)
+            if post.graphdef != spec.graphdef:
+                raise TraceContextError(
+                    f"The structure of the arguments changed inside {what}; it must not. "
+                    "Fix: create attributes before the transform."
+                )
+            new = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
+            return out, new
+
+    return pure
+
+
+def _per_arg(specs: Any, n: int, what: str) -> tuple:
+    if isinstance(specs, tuple | list):
+        if len(specs) != n:
+            raise TransformError(
+                f"{what}: {len(specs)} specs for {n} positional arguments. Fix: one per argument."
+            )
+        return tuple(specs)
+    return (specs,) * n
+
+
+def shard_map(
+    f: Callable | None = None,
+    *,
+    mesh: Any,
+    in_specs: Any,
+    out_specs: Any,
+    check_vma: bool = True,
+    axis_names: Any = frozenset(),
+) -> Any:
+    """``jax.shard_map`` over functions of graph objects (see the module docstring)."""
+    if f is None:
+        return functools.partial(
+            shard_map,
+            mesh=mesh,
+            in_specs=in_specs,
+            out_specs=out_specs,
+            check_vma=check_vma,
+            axis_names=axis_names,
+        )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        per_arg = _per_arg(in_specs, len(args), "nnx.shard_map")
+        spec, flat, values = split_args(args, {})
+        leaf_specs = _per_leaf(spec, flat, per_arg, "nnx.shard_map")
+        graph_pos = set(spec.positions)
+        dyn = [None if i in graph_pos else a for i, a in enumerate(args)]
+        dyn_specs = [None if i in graph_pos else s for i, s in enumerate(per_arg)]
+        mapped = jax.shard_map(
+            _pure(f, spec, "nnx.shard_map"),
+            mesh=mesh,
+            in_specs=(leaf_specs, dyn_specs),
+            out_specs=(out_specs, leaf_specs),
+            check_vma=check_vma,
+            axis_names=axis_names,
+        )
+        out, new = mapped(values, dyn)
+        return apply(flat, out, new, Out("fast", tuple(range(len(new)))))
+
+    return wrapper
+
+
+def pmap(
+    f: Callable | None = None,
+    *,
+    axis_name: Any = None,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    static_broadcasted_argnums: tuple[int, ...] = (),
+    devices: Any = None,
+    backend: str | None = None,
+    axis_size: int | None = None,
+    donate_argnums: tuple[int, ...] = (),
+) -> Any:
+    """``jax.pmap`` over functions of graph objects: per-device state (in_axes 0) or
+    replicated state (None) is written back with its axis."""
+    if f is None:
+        return functools.partial(
+            pmap,
+            axis_name=axis_name,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            static_broadcasted_argnums=static_broadcasted_argnums,
+            devices=devices,
+            backend=backend,
+            axis_size=axis_size,
+            donate_argnums=donate_argnums,
+        )
+    if static_broadcasted_argnums or donate_argnums:
+        raise TransformError(
+            "nnx.pmap does not support static_broadcasted_argnums or donate_argnums; use "
+            "nnx.jit with shardings (or nnx.shard_map) for new code."
+        )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        per_arg = _per_arg(in_axes, len(args), "nnx.pmap")
+        spec, flat, values = split_args(args, {})
+        leaf_axes = _per_leaf(spec, flat, per_arg, "nnx.pmap")
+        graph_pos = set(spec.positions)
+        dyn = [None if i in graph_pos else a for i, a in enumerate(args)]
+        dyn_axes = [None if i in graph_pos else ax for i, ax in enumerate(per_arg)]
+        mapped = jax.pmap(
+            _pure(f, spec, "nnx.pmap"),
+            axis_name=axis_name,
+            in_axes=(leaf_axes, dyn_axes),
+            out_axes=(out_axes, leaf_axes),
+            devices=devices,
+            backend=backend,
+            axis_size=axis_size,
+        )
+        out, new = mapped(values, dyn)
+        return apply(flat, out, new, Out("fast", tuple(range(len(new)))))
+
+    return wrapper
