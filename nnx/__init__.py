@@ -6,6 +6,8 @@ Every public name is re-exported here explicitly; nothing is defined in this fil
 from . import errors as errors
 from . import filters as filterlib  # noqa: F401 - flax name
 from . import graph as graph
+from . import locate as locate
+from . import nn as nn
 from . import state as statelib  # noqa: F401 - flax name
 from . import variables as variableslib  # noqa: F401 - flax name
 from .errors import NNXError as NNXError
@@ -33,6 +35,35 @@ from .graph import state as state
 from .graph import unflatten as unflatten
 from .graph import update as update
 from .module import Module as Module
+from .nn import dtypes as _dtypes  # noqa: F401
+from .nn import initializers as initializers
+from .nn.activations import celu as celu
+from .nn.activations import elu as elu
+from .nn.activations import gelu as gelu
+from .nn.activations import glu as glu
+from .nn.activations import hard_sigmoid as hard_sigmoid
+from .nn.activations import hard_silu as hard_silu
+from .nn.activations import hard_swish as hard_swish
+from .nn.activations import hard_tanh as hard_tanh
+from .nn.activations import leaky_relu as leaky_relu
+from .nn.activations import log_sigmoid as log_sigmoid
+from .nn.activations import log_softmax as log_softmax
+from .nn.activations import logsumexp as logsumexp
+from .nn.activations import one_hot as one_hot
+from .nn.activations import relu as relu
+from .nn.activations import relu6 as relu6
+from .nn.activations import selu as selu
+from .nn.activations import sigmoid as sigmoid
+from .nn.activations import silu as silu
+from .nn.activations import soft_sign as soft_sign
+from .nn.activations import softmax as softmax
+from .nn.activations import softplus as softplus
+from .nn.activations import standardize as standardize
+from .nn.activations import swish as swish
+from .nn.activations import tanh as tanh
+from .nn.lazy import lazy_init as lazy_init
+from .nn.linear import Linear as Linear
+from .nn.sequential import Sequential as Sequential
 from .pytreelib import Dict as Dict
 from .pytreelib import List as List
 from .pytreelib import Object as Object

@@ -17,6 +17,8 @@ __all__ = [
     "MergeError",
     "NNXError",
     "RngStreamError",
+    "ConfigError",
+    "ShapeError",
     "StaticAttributeError",
     "TraceContextError",
     "TransformError",
@@ -55,6 +57,14 @@ class TraceContextError(NNXError, RuntimeError):
 
 class TransformError(NNXError, ValueError):
     """A transform's arguments (axes, argnums, shardings) do not fit the state it was given."""
+
+
+class ShapeError(NNXError, ValueError):
+    """A layer got an input whose shape does not fit its configuration."""
+
+
+class ConfigError(NNXError, ValueError):
+    """A layer was constructed with invalid arguments."""
 
 
 class RngStreamError(NNXError, AttributeError, KeyError):

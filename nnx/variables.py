@@ -150,11 +150,35 @@ class _Leaked:
         return f"<leaked {self.cls} value>"
 
 
-for _dunder in (
-    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __matmul__ "
-    "__rmatmul__ __pow__ __rpow__ __neg__ __getitem__ __setitem__ __len__ __iter__ __bool__ "
-    "__float__ __int__ __array__ __jax_array__ __lt__ __le__ __gt__ __ge__ __abs__"
-).split():
+for _dunder in [
+    "__add__",
+    "__radd__",
+    "__sub__",
+    "__rsub__",
+    "__mul__",
+    "__rmul__",
+    "__truediv__",
+    "__rtruediv__",
+    "__matmul__",
+    "__rmatmul__",
+    "__pow__",
+    "__rpow__",
+    "__neg__",
+    "__getitem__",
+    "__setitem__",
+    "__len__",
+    "__iter__",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__array__",
+    "__jax_array__",
+    "__lt__",
+    "__le__",
+    "__gt__",
+    "__ge__",
+    "__abs__",
+]:
     setattr(_Leaked, _dunder, _Leaked._fail)
 
 

@@ -1,0 +1,69 @@
+"""``nnx.lazy_init``: materialise every lazy layer of a model at once, without computing.
+
+Example:
+  >>> model = nnx.Sequential(nnx.Linear(None, 8, rngs=nnx.Rngs(0)), nnx.relu,
+  ...                        nnx.Linear(None, 2, rngs=nnx.Rngs(1)))
+  >>> _ = nnx.lazy_init(model, jnp.ones((1, 3)))
+  >>> model.layers[0].kernel.shape, model.layers[2].kernel.shape
+  ((3, 8), (8, 2))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from ..errors import ShapeError
+from ..graph import _flatten_full, state
+from ..state import _flat_pairs
+from ..variables import Variable
+
+__all__ = ["lazy_init"]
+
+
+def _abstract(x: Any) -> Any:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return x
+
+
+def _has_tracer(value: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
+
+
+def lazy_init(model: Any, *example_args: Any, **example_kwargs: Any) -> Any:
+    """Runs ``model(*example_args, **example_kwargs)`` abstractly (``jax.eval_shape``): lazy
+    layers create their parameters (real values, from their Rngs) while no layer computes
+    anything. State the call would have changed (BatchNorm statistics, counters) is left as
+    it was. Returns `model`, ready to split, checkpoint or jit.
+    """
+    before = dict(_flat_pairs(state(model)))
+    args, kwargs = jax.tree_util.tree_map(_abstract, (example_args, example_kwargs))
+
+    def run(args: Any, kwargs: Any) -> None:
+        model(*args, **kwargs)
+
+    try:
+        jax.eval_shape(run, args, kwargs)
+    finally:
+        leftover = []
+        for path, leaf in zip(*_paths_and_leaves(model), strict=True):
+            if isinstance(leaf, Variable) and _has_tracer(leaf._value):
+                old = before.get(path)
+                if old is not None:
+                    object.__setattr__(leaf, "_value", old._value)
+                else:
+                    leftover.append(path)
+    if leftover:
+        raise ShapeError(
+            f"lazy_init: the model created state from its inputs rather than their shapes at "
+            f"{leftover[:5]}; such state cannot be created abstractly. Fix: call the model "
+            "once on real data instead of lazy_init."
+        )
+    return model
+
+
+def _paths_and_leaves(model: Any) -> tuple[list, list]:
+    flat = _flatten_full(model)
+    return flat.paths, flat.leaves
