@@ -35,6 +35,7 @@ from . import _version
 from .errors import (
     GraphDefMismatchError,
     MergeError,
+    NNXError,
     StaticAttributeError,
     UpdateError,
     format_path,
@@ -42,7 +43,16 @@ from .errors import (
 )
 from .filters import Filter
 from .pytreelib import Dict, List, Pytree, is_array, is_data
-from .state import State, _flat_pairs, _split_pairs, from_flat_state
+from .state import (
+    State,
+    _flat_pairs,
+    _from_plan,
+    _iter_pairs,
+    _locate,
+    _nest_plan,
+    _split_pairs,
+    from_flat_state,
+)
 from .variables import Variable, _Meta
 
 __all__ = [
@@ -68,7 +78,7 @@ Path = tuple[Hashable, ...]
 #   (_REF, index)                          an identity object seen before
 #   (_VAR, index, variable_type)           a Variable, first sighting; consumes one leaf
 #   (_LEAF,)                               a raw array leaf; consumes one leaf
-#   (_STATIC, value)                       a static value
+#   (_STATIC, value, type)                 a static value (its type keeps 1 and True apart)
 #   (_NODE, kind, type, index, children, fields)   a Pytree / List / Dict, first sighting
 #   (_TREE, treedef, children)             a JAX pytree without identity (tuple, namedtuple...)
 # where children is a tuple of (key, child definition).
@@ -122,7 +132,15 @@ class GraphDef:
     Immutable, hashable, and equal for equal structures, so it can key a ``jax.jit`` cache.
     """
 
-    __slots__ = ("_hash", "leaf_paths", "leaf_types", "num_nodes", "root")
+    __slots__ = (
+        "_hash",
+        "_path_index",
+        "_state_plan",
+        "leaf_paths",
+        "leaf_types",
+        "num_nodes",
+        "root",
+    )
 
     def __init__(self, root: tuple, num_nodes: int, leaf_paths: tuple, leaf_types: tuple):
         self.root = root
@@ -130,6 +148,22 @@ class GraphDef:
         self.leaf_paths = leaf_paths
         self.leaf_types = leaf_types
         self._hash = hash((root, num_nodes))
+        self._path_index: dict[Path, int] | None = None
+        self._state_plan: dict | bool | None = False  # False: not computed yet
+
+    def _plan(self) -> dict | None:
+        """How a State of this GraphDef nests (see ``state._nest_plan``), built once."""
+        plan = self._state_plan
+        if plan is False:
+            plan = self._state_plan = _nest_plan(self.leaf_paths)
+        return plan  # type: ignore[return-value]
+
+    def _index(self) -> dict[Path, int]:
+        """leaf path -> leaf position (built once per GraphDef)."""
+        index = self._path_index
+        if index is None:
+            index = self._path_index = {p: i for i, p in enumerate(self.leaf_paths)}
+        return index
 
     def __hash__(self) -> int:
         return self._hash
@@ -174,6 +208,8 @@ class _Flat:
         "paths",
         "slots",
         "stamps",
+        "state_plan",
+        "untracked",
     )
 
     def __init__(self) -> None:
@@ -182,10 +218,14 @@ class _Flat:
         self.paths: list[Path] = []
         self.slots: list[Any] = []  # None for Variables; (owner, key, subpath) for raw leaves
         self.path_index: dict[Path, int] | None = None
+        self.state_plan: dict | bool | None = False  # False: not computed yet
         self.clock = _version.now()
         self.extra: dict[Any, Any] = {}  # per-entry data of transforms (their call specs)
+        self.untracked: list[tuple] = []  # mutable containers without stamps (see below)
 
     def valid(self) -> bool:
+        if self.untracked and not _untracked_unchanged(self.untracked):
+            return False
         now = _version.now()
         if self.clock == now:
             return True
@@ -200,6 +240,13 @@ class _Flat:
             if slot is not None:
                 self.leaves[i] = _read_slot(slot)
 
+    def plan(self) -> dict | None:
+        """How a State of this entry nests (see ``state._nest_plan``), built once."""
+        plan = self.state_plan
+        if plan is False:
+            plan = self.state_plan = _nest_plan(self.paths)
+        return plan  # type: ignore[return-value]
+
     def index(self) -> dict[Path, int]:
         if self.path_index is None:
             self.path_index = {p: i for i, p in enumerate(self.paths)}
@@ -210,6 +257,7 @@ def _flatten_full(root: Any) -> _Flat:
     flat = _Flat()
     index: dict[int, int] = {}
     nodes, leaves, paths, slots = flat.nodes, flat.leaves, flat.paths, flat.slots
+    untracked = flat.untracked
     leaf_types: list[type | None] = []
 
     def visit(
@@ -256,6 +304,8 @@ def _flatten_full(root: Any) -> _Flat:
             pairs, treedef = jax.tree_util.tree_flatten_with_path(
                 value, is_leaf=lambda x: x is not value
             )
+            if not isinstance(value, tuple):
+                untracked.append(_untracked_entry(value, treedef, pairs))
             children = []
             for keypath, child in pairs:
                 k = _plain_key(keypath[0])
@@ -268,6 +318,39 @@ def _flatten_full(root: Any) -> _Flat:
     flat.has_raw = any(s is not None for s in slots)
     flat.graphdef = GraphDef(root_def, len(nodes), tuple(paths), tuple(leaf_types))
     return flat
+
+
+def _untracked_entry(value: Any, treedef: Any, pairs: list) -> tuple:
+    # A plain list/dict walked as structure (under nnx.data, inside a tuple) or another mutable
+    # pytree: its mutations take no stamp, so the cache compares its children by identity on
+    # every use (cheap, and only for graphs that hold such containers).
+    if type(value) is list:
+        return (value, tuple(value), None)
+    if type(value) is dict:
+        return (value, dict(value), None)
+    return (value, tuple(c for _, c in pairs), treedef)
+
+
+def _untracked_unchanged(entries: list[tuple]) -> bool:
+    for obj, snap, treedef in entries:
+        t = type(obj)
+        if t is list:
+            if len(obj) != len(snap) or any(a is not b for a, b in zip(obj, snap, strict=True)):
+                return False
+        elif t is dict:
+            if len(obj) != len(snap) or any(obj.get(k, _MISSING) is not v for k, v in snap.items()):
+                return False
+        else:
+            children, now = jax.tree_util.tree_flatten(obj, is_leaf=_not(obj))
+            if now != treedef or len(children) != len(snap):
+                return False
+            if any(a is not b for a, b in zip(children, snap, strict=True)):
+                return False
+    return True
+
+
+def _not(obj: Any) -> Callable[[Any], bool]:
+    return lambda x: x is not obj
 
 
 def _forced_data(obj: Pytree, name: str) -> bool:
@@ -307,7 +390,7 @@ def _static(value: Any, owner: Any, key: Any, owner_path: Path) -> tuple:
             f"attribute {key!r} holding an unhashable {type(value).__name__} ({where}).\n"
             + _STATIC_FIX.format(name=key)
         ) from None
-    return (_STATIC, value)
+    return (_STATIC, value, type(value))  # the type keeps 1 and True apart
 
 
 def _read_slot(slot: tuple) -> Any:
@@ -537,7 +620,7 @@ def _build(
                     nodes[i] = obj
                     d = obj.__dict__
                     for k, c in children:
-                        d[k] = build(c)
+                        d[k] = c[1] if c[0] == _STATIC else build(c)
                 if fields:
                     d["_nnx_fields"] = dict(fields)
                 return obj
@@ -595,8 +678,68 @@ def _normalize(path: Path, index: Mapping[Path, int]) -> Path:
     return fixed if fixed in index else path
 
 
+def _leaves_fast(graphdef: GraphDef, states: list[Mapping]) -> list[Any] | None:
+    """The common case of :func:`_leaves_for`: every path found as is, the right types, none
+    missing. None for anything else (the full version then handles it and reports errors)."""
+    index = graphdef._index()
+    types = graphdef.leaf_types
+    leaves: list[Any] = [_MISSING] * len(index)
+    if len(states) == 1:
+        plan = graphdef._plan()
+        state = states[0]
+        data = state._mapping if isinstance(state, State) else state
+        if plan is not None and type(data) is dict and _gather(plan, data, types, leaves):
+            return leaves
+    found = 0
+    for s in states:
+        pairs: list[tuple[Path, Any]] = []
+        _iter_pairs(s, (), pairs)
+        for path, leaf in pairs:
+            i = index.get(path)
+            if i is None:
+                return None
+            expected = types[i]
+            if expected is not None and type(leaf) is not expected and isinstance(leaf, Variable):
+                return None
+            if leaves[i] is _MISSING:
+                found += 1
+            leaves[i] = leaf
+    return leaves if found == len(leaves) else None
+
+
+def _gather(plan: dict, data: dict, types: tuple, out: list) -> bool:
+    """Reads the leaves of one State laid out exactly as `plan` says into `out` (by position,
+    no path tuples built or hashed); False at the first difference."""
+    if len(data) != len(plan):
+        return False
+    for key, sub in plan.items():
+        value = data.get(key, _MISSING)
+        if type(sub) is int:
+            if value is _MISSING:
+                return False
+            expected = types[sub]
+            if isinstance(value, Variable):
+                if expected is not None and type(value) is not expected:
+                    return False
+            elif isinstance(value, Mapping):
+                return False
+            out[sub] = value
+        else:
+            t = type(value)
+            if t is State:
+                value = value._mapping
+            elif t is not dict:
+                return False
+            if not _gather(sub, value, types, out):
+                return False
+    return True
+
+
 def _leaves_for(graphdef: GraphDef, states: list[Mapping]) -> list[Any]:
-    index = {p: i for i, p in enumerate(graphdef.leaf_paths)}
+    fast = _leaves_fast(graphdef, states)
+    if fast is not None:
+        return fast
+    index = graphdef._index()
     leaves: list[Any] = [_MISSING] * len(index)
     extra: list[Path] = []
     wrong_type: list[str] = []
@@ -653,6 +796,21 @@ def _snapshot_pairs(flat: _Flat) -> list[tuple[Path, Any]]:
     ]
 
 
+def _snapshot_state(flat: _Flat) -> State:
+    """``from_flat_state(_snapshot_pairs(flat))``, nesting by a plan kept on the cache entry."""
+    plan = flat.plan()
+    if plan is None:
+        return from_flat_state(_snapshot_pairs(flat))
+    if flat.has_raw:
+        leaves = [
+            leaf.copy() if slot is None else leaf
+            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
+        ]
+    else:
+        leaves = [leaf.copy() for leaf in flat.leaves]
+    return _from_plan(plan, leaves)
+
+
 def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
     """Splits an object graph into its GraphDef and State(s).
 
@@ -673,9 +831,9 @@ def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
       (['w'], ['n'])
     """
     flat = _flatten_cached(node)
-    pairs = _snapshot_pairs(flat)
     if not filters:
-        return flat.graphdef, from_flat_state(pairs)
+        return flat.graphdef, _snapshot_state(flat)
+    pairs = _snapshot_pairs(flat)
     return (flat.graphdef, *_split_pairs(pairs, filters, exhaustive=True))
 
 
@@ -706,9 +864,9 @@ def state(node: Any, /, *filters: Filter) -> Any:
       ['n']
     """
     flat = _flatten_cached(node)
-    pairs = _snapshot_pairs(flat)
     if not filters:
-        return from_flat_state(pairs)
+        return _snapshot_state(flat)
+    pairs = _snapshot_pairs(flat)
     states = _split_pairs(pairs, filters, exhaustive=False)
     return states[0] if len(filters) == 1 else states
 
@@ -735,20 +893,22 @@ def update(node: Any, /, *states: Mapping) -> None:
     """
     flat = _flatten_cached(node)
     index = flat.index()
-    plan: list[tuple[int, Any]] = []
+    fast = _update_plan_fast(flat, index, states)
+    # Anything the fast plan does not cover (stringified int keys, errors) goes the full way,
+    # which checks every pair in sorted order and reports all problems.
+    plan: list[tuple[int, Any]] = fast if fast is not None else []
     problems: list[str] = []
-    for path, leaf in _state_pairs(states):
+    for path, leaf in _state_pairs(states) if fast is None else ():
         path = _normalize(path, index)
         i = index.get(path)
-        where = format_path(path)
         if i is None:
-            problems.append(f"{where}: no such Variable in the model")
+            problems.append(f"{format_path(path)}: no such Variable in the model")
             continue
         target = flat.leaves[i]
         if isinstance(leaf, Variable) and isinstance(target, Variable):
             if type(leaf) is not type(target):
                 problems.append(
-                    f"{where}: the model has a {type(target).__name__}, the state a "
+                    f"{format_path(path)}: the model has a {type(target).__name__}, the state a "
                     f"{type(leaf).__name__}"
                 )
                 continue
@@ -761,7 +921,8 @@ def update(node: Any, /, *states: Mapping) -> None:
         old_shape, new_shape = getattr(old, "shape", None), getattr(value, "shape", None)
         if old_shape is not None and new_shape is not None and tuple(old_shape) != tuple(new_shape):
             problems.append(
-                f"{where}: shape {tuple(new_shape)} in the state, {tuple(old_shape)} in the model"
+                f"{format_path(path)}: shape {tuple(new_shape)} in the state, "
+                f"{tuple(old_shape)} in the model"
             )
             continue
         plan.append((i, leaf))
@@ -785,6 +946,52 @@ def update(node: Any, /, *states: Mapping) -> None:
             value = leaf._value if isinstance(leaf, Variable) else leaf
             _write_slot(flat.slots[i], value)
             flat.leaves[i] = value
+
+
+def _update_plan_fast(
+    flat: _Flat, index: Mapping[Path, int], states: tuple[Mapping, ...]
+) -> list[tuple[int, Any]] | None:
+    """The (leaf position, new leaf) plan of :func:`update` when every path is found as is and
+    fits (type, shape); None as soon as one does not."""
+    leaves = flat.leaves
+    state_plan = flat.plan()
+    located: list[tuple[int, Any]] = []
+    for s in states:
+        data = s._mapping if isinstance(s, State) else s
+        if state_plan is not None and type(data) is dict:
+            if not _locate(state_plan, data, located):
+                return None
+            continue
+        pairs: list[tuple[Path, Any]] = []
+        _iter_pairs(s, (), pairs)
+        for path, leaf in pairs:
+            i = index.get(path)
+            if i is None:
+                return None
+            located.append((i, leaf))
+    plan: list[tuple[int, Any]] = []
+    for i, leaf in located:
+        target = leaves[i]
+        target_is_var = isinstance(target, Variable)
+        if isinstance(leaf, Variable):
+            if target_is_var and type(leaf) is not type(target):
+                return None
+            value = leaf._value
+        else:
+            value = leaf
+        old = target._value if target_is_var else target
+        if value is not old:
+            old_shape = getattr(old, "shape", None)
+            if old_shape is not None:
+                new_shape = getattr(value, "shape", None)
+                if (
+                    new_shape is not None
+                    and old_shape != new_shape
+                    and tuple(old_shape) != tuple(new_shape)
+                ):
+                    return None
+        plan.append((i, leaf))
+    return plan
 
 
 def pop(node: Any, /, *filters: Filter) -> Any:
@@ -816,6 +1023,15 @@ def pop(node: Any, /, *filters: Filter) -> Any:
     for owner, key, value in _edges(node):
         if isinstance(value, Variable) and id(value) in chosen:
             removals.append((owner, key))
+    removable = {id(_get_child(owner, key)) for owner, key in removals}
+    stuck = [p for p, leaf in pairs if id(leaf) in chosen and id(leaf) not in removable]
+    if stuck:
+        raise NNXError(
+            "pop: these Variables sit inside tuples (or other immutable pytrees), from which "
+            "they cannot be removed:\n"
+            + short_list([format_path(p) for p in stuck])
+            + "\nNothing was removed. Fix: hold them in a list or as attributes instead."
+        )
     # Delete list items from the back so earlier indices stay valid.
     removals.sort(key=lambda ok: -ok[1] if isinstance(ok[0], List) else 0)
     for owner, key in removals:

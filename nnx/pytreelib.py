@@ -120,7 +120,8 @@ class Pytree:
             object.__setattr__(self, name, value)
             return
         d = self.__dict__
-        if isinstance(value, _DataMarker | _StaticMarker):
+        marked = isinstance(value, _DataMarker | _StaticMarker)
+        if marked:
             fields = d.get("_nnx_fields")
             if fields is None:
                 fields = d["_nnx_fields"] = {}
@@ -130,7 +131,9 @@ class Pytree:
             value = _track(value)
         old = d.get(name, _MISSING)
         object.__setattr__(self, name, value)
-        if not (is_array(value) and is_array(old)):
+        # An array replacing an array is a value change; anything else, or an explicit
+        # nnx.data / nnx.static marking (it changes the GraphDef's fields), is structural.
+        if marked or not (is_array(value) and is_array(old)):
             d["_nnx_stamp"] = _version.bump()
 
     def __delattr__(self, name: str) -> None:
@@ -141,8 +144,9 @@ class Pytree:
         self.__dict__["_nnx_stamp"] = _version.bump()
 
     def __getstate__(self) -> dict:
-        # The flatten cache refers to this very object graph; a copy or pickle must not carry it.
-        return {k: v for k, v in self.__dict__.items() if k != "_nnx_cache"}
+        # The flatten caches refer to this very object graph (the multi-root one to other roots
+        # as well); a copy or pickle must not carry them.
+        return {k: v for k, v in self.__dict__.items() if k not in _CACHE_FIELDS}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -160,6 +164,7 @@ class Pytree:
 
 
 Object = Pytree  # older flax name
+_CACHE_FIELDS = frozenset({"_nnx_cache", "_nnx_multi"})
 
 
 def _register_pytree(cls: type) -> None:
@@ -254,7 +259,9 @@ class List(list):
         return f"List({list.__repr__(self)})"
 
     def __reduce__(self):
-        return (List, (list(self),))
+        # Items as a listitems iterator (not constructor args), so deepcopy/pickle register the
+        # new List before copying its items: a cycle back to it keeps pointing at the copy.
+        return (List, (), None, iter(self))
 
     def __copy__(self) -> List:
         return List(self)
@@ -330,7 +337,8 @@ class Dict(dict):
         return f"Dict({dict.__repr__(self)})"
 
     def __reduce__(self):
-        return (Dict, (dict(self),))
+        # dictitems, not constructor args: see List.__reduce__.
+        return (Dict, (), None, None, iter(dict.items(self)))
 
     def __copy__(self) -> Dict:
         return Dict(self)

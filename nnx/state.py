@@ -279,6 +279,79 @@ def _wrap_nested(data: dict) -> State:
     return State._wrap(data)
 
 
+def _nest_plan(paths: Sequence[Path]) -> dict | None:
+    """A reusable recipe that nests leaves given in the order of `paths` into a State exactly
+    as :func:`from_flat_state` would: nested dicts ``{key: leaf position | sub-plan}`` (never
+    mutated once built). None when the paths do not nest plainly (an empty path, or a path
+    that is a prefix of another)."""
+    root: dict = {}
+    for i, path in enumerate(paths):
+        if not path:
+            return None
+        node = root
+        for key in path[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif type(child) is not dict:
+                return None
+            node = child
+        if path[-1] in node:
+            return None
+        node[path[-1]] = i
+    return root
+
+
+def _from_plan(plan: dict, leaves: Sequence[Any]) -> State:
+    """The State that `plan` (from :func:`_nest_plan`) describes, holding `leaves`."""
+    data = {}
+    for key, sub in plan.items():
+        data[key] = leaves[sub] if type(sub) is int else _from_plan(sub, leaves)
+    return State._wrap(data)
+
+
+def _locate(plan: dict, data: Mapping, out: list[tuple[int, Any]]) -> bool:
+    """Appends ``(leaf position, leaf)`` for each leaf of `data` (a State's mapping or a dict,
+    possibly holding only some of the leaves) by walking `plan` alongside: no path tuples are
+    built or hashed. False when `data` strays from the plan (the caller then goes the slow,
+    path-by-path way, which also reports errors)."""
+    for key, value in data.items():
+        sub = plan.get(key)
+        if sub is None:
+            return False
+        t = type(value)
+        if type(sub) is int:
+            if (
+                t is State
+                or t is dict
+                or (not isinstance(value, Variable) and isinstance(value, Mapping))
+            ):
+                return False
+            out.append((sub, value))
+        else:
+            if t is State:
+                value = value._mapping
+            elif t is not dict:
+                return False
+            if not _locate(sub, value, out):
+                return False
+    return True
+
+
+def _iter_pairs(state: Mapping, path: Path, out: list) -> None:
+    """Like :func:`_flat_pairs` but in the mappings' own order (no sorting): for consumers that
+    look every path up by itself."""
+    data = state._mapping if isinstance(state, State) else state
+    for key, value in data.items():
+        t = type(value)
+        if t is State or t is dict:
+            _iter_pairs(value, (*path, key), out)
+        elif isinstance(value, Variable) or not isinstance(value, Mapping):
+            out.append(((*path, key), value))
+        else:
+            _iter_pairs(value, (*path, key), out)
+
+
 def _split_pairs(
     pairs: list[tuple[Path, Any]], filters: tuple[Filter, ...], *, exhaustive: bool
 ) -> tuple[State, ...]:
