@@ -272,14 +272,66 @@ def collect(
 
 
 # -- outside the trace --------------------------------------------------------------------
-def apply(flat: _Flat, out: Any, values: Sequence[Any], info: Out, *, write: bool = True) -> Any:
+_VALUE_SLOT = Variable._value  # the slot descriptor behind every Variable's ``_value``
+_PLANS = object()  # key of the write plans in ``_Flat.extra``
+_MAX_PLANS = 8
+
+
+def _write_plan(flat: _Flat, info: Out) -> tuple:
+    """(info, target Variables, their positions in the values or None for all, raw leaves as
+    (position, leaf index, slot), whether the slot descriptor may be used), cached on `flat`
+    per `info` object: a compiled function returns the same Out object on every call."""
+    plans = flat.extra.get(_PLANS)
+    if plans is None:
+        plans = flat.extra[_PLANS] = {}
+    plan = plans.get(id(info))
+    if plan is not None and plan[0] is info:
+        return plan
+    leaves, slots, indices = flat.leaves, flat.slots, info.indices
+    var_pos = [k for k, i in enumerate(indices) if slots[i] is None]
+    targets = [leaves[indices[k]] for k in var_pos]
+    raw = tuple((k, i, slots[i]) for k, i in enumerate(indices) if slots[i] is not None)
+    plain = all(type(v)._value is _VALUE_SLOT for v in targets)
+    plan = (info, targets, None if len(var_pos) == len(indices) else var_pos, raw, plain)
+    if len(plans) >= _MAX_PLANS:
+        plans.pop(next(iter(plans)))
+    plans[id(info)] = plan
+    return plan
+
+
+def apply(
+    flat: _Flat,
+    out: Any,
+    values: Sequence[Any],
+    info: Out,
+    *,
+    write: bool = True,
+    cache: bool = False,
+) -> Any:
     """Writes `values` back into the caller's objects as `info` says; returns the output.
 
     With ``write=False`` (eval_shape) the caller's objects are left alone and any graph
-    objects in the output are built fresh.
+    objects in the output are built fresh. With ``cache=True`` (a compiled function, whose
+    Out object is the same on every call) the write targets are resolved once per
+    (flatten, Out) and reused.
     """
     if info.mode == "fast":
-        if write:
+        if write and cache and info.indices:
+            _, targets, var_pos, raw, plain = _write_plan(flat, info)
+            vals = values if var_pos is None else [values[k] for k in var_pos]
+            if len(vals) != len(targets):
+                raise ValueError("internal: values do not match the write plan")
+            if plain:
+                any(map(_VALUE_SLOT.__set__, targets, vals))  # __set__ returns None
+            else:
+                for var, value in zip(targets, vals, strict=True):
+                    object.__setattr__(var, "_value", value)
+            for k, i, slot in raw:
+                _write_slot(slot, values[k])
+                flat.leaves[i] = values[k]
+            for i, meta in info.metas:
+                _replace_metadata(flat.leaves[i], meta)
+        elif write:
             leaves = flat.leaves
             slots = flat.slots
             for i, value in zip(info.indices, values, strict=True):

@@ -97,6 +97,8 @@ def _grad_state(spec: CallSpec, flat: Any, idx: list[int], grads: list[Any]) -> 
     for i, g in zip(idx, grads, strict=True):
         leaf = flat.leaves[i]
         pairs.append((spec.paths[i], leaf.replace(g) if isinstance(leaf, Variable) else g))
+    if len(pairs) == 1 and pairs[0][0] == ():
+        return pairs[0][1]  # the argument is a Variable itself: its gradient, as flax does
     return from_flat_state(pairs)
 
 
@@ -267,7 +269,7 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> Any:
 def jvp(f: Callable, primals: Sequence[Any], tangents: Sequence[Any], has_aux: bool = False):
     """``jax.jvp`` where a graph primal's tangent is a State of its ``nnx.Param``s (as
     ``nnx.state(model, nnx.Param)`` returns). Returns ``(out, tangent_out)``."""
-    spec, _, values, groups = _param_view(primals)
+    spec, flat, values, groups = _param_view(primals)
     graph_pos = list(spec.positions)
 
     def as_list(p: int, t: Any) -> Any:
@@ -299,13 +301,18 @@ def jvp(f: Callable, primals: Sequence[Any], tangents: Sequence[Any], has_aux: b
             for i, v in zip(groups[k], inputs[p], strict=True):
                 vals[i] = v
         with Frame():
-            roots, _ = rebuild(spec, vals)
+            roots, nodes = rebuild(spec, vals)
             new_args, _ = replace_graph_args(call, {}, spec, roots)
-            return f(*new_args)
+            res = f(*new_args)
+            out, aux = res if has_aux else (res, None)
+            return out, collect(spec, roots, nodes, vals, aux, what="nnx.jvp")
 
-    if has_aux:
-        return jax.jvp(pure, tuple(prim_in), tuple(tan_in), has_aux=True)
-    return jax.jvp(pure, tuple(prim_in), tuple(tan_in))
+    # State changed inside comes back through jax's aux and is written back, as for vjp.
+    out, tangent_out, (aux, new_values, info) = jax.jvp(
+        pure, tuple(prim_in), tuple(tan_in), has_aux=True
+    )
+    aux = apply(flat, aux, new_values, info)
+    return (out, tangent_out, aux) if has_aux else (out, tangent_out)
 
 
 def remat(

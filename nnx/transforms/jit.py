@@ -33,6 +33,7 @@ from typing import Any
 import jax
 
 from ..errors import TransformError
+from ..graph import _flatten_full, _write_slot
 from ..state import _flat_pairs
 from ..variables import Variable
 from ._lift import (
@@ -41,6 +42,7 @@ from ._lift import (
     Frame,
     apply,
     collect,
+    contains_graph,
     rebuild,
     replace_graph_args,
     split_args,
@@ -130,6 +132,8 @@ class JitWrapped:
             roots, nodes = rebuild(spec, values)
             new_args, new_kwargs = replace_graph_args(args, kwargs, spec, roots)
             out = self.fun(*new_args, **new_kwargs)
+            if self.out_shardings is not _UNSPECIFIED:
+                out = _constrain_out(out, self.out_shardings)
             return collect(spec, roots, nodes, values, out, force=force, what="nnx.jit")
 
     # -- outside ------------------------------------------------------------------------
@@ -150,8 +154,9 @@ class JitWrapped:
             kwargs = dict(self._jit_kwargs)
             if self.in_shardings is not _UNSPECIFIED:
                 kwargs["in_shardings"] = self._leaf_in_shardings(spec, flat, args)
-            if self.out_shardings is not _UNSPECIFIED:
-                kwargs["out_shardings"] = (self.out_shardings, None, None)
+            # out_shardings are applied inside the trace (_constrain_out): graph objects in
+            # the output travel as the values of the joint graph, not as `out`, so a jax-level
+            # out_shardings prefix could not reach their Variables.
             jitted = self._jitted_by_spec[spec] = jax.jit(self._inner, **kwargs)
         return jitted
 
@@ -196,7 +201,7 @@ class JitWrapped:
         spec, flat, new_args, new_kwargs = self._split(args, kwargs)
         jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
         out, values, info = jitted(spec, *new_args, **new_kwargs)
-        return apply(flat, out, values, info)
+        return apply(flat, out, values, info, cache=True)
 
     # -- introspection ------------------------------------------------------------------
     def lower(self, *args: Any, **kwargs: Any) -> Any:
@@ -215,6 +220,46 @@ class JitWrapped:
         jitted = self._get_jitted(spec, flat, args)
         out, values, info = jitted.eval_shape(spec, *new_args, **new_kwargs)
         return apply(flat, out, values, info, write=False)
+
+
+def _is_sharding_leaf(s: Any) -> bool:
+    return s is None or isinstance(
+        s, FilterMap | jax.sharding.Sharding | jax.sharding.PartitionSpec
+    )
+
+
+def _constrain_out(out: Any, shardings: Any) -> Any:
+    """Applies ``out_shardings`` (a prefix of the output) inside the trace, with
+    ``with_sharding_constraint``: to arrays, and to the Variables of graph objects in the output
+    (one sharding for all of them, or per filter with a StateSharding)."""
+
+    def one(s: Any, x: Any) -> Any:
+        if s is None:
+            return x
+        if contains_graph(x):
+            flat = _flatten_full((x,))
+            paths = [p[1:] for p in flat.paths]
+            if isinstance(s, FilterMap):
+                per_leaf = s.resolve(flat.leaves, paths, "nnx.jit out_shardings")
+            else:
+                per_leaf = [s] * len(flat.leaves)
+            for leaf, slot, sh in zip(flat.leaves, flat.slots, per_leaf, strict=True):
+                if sh is None:
+                    continue
+                if slot is None:
+                    leaf.value = jax.lax.with_sharding_constraint(leaf.value, sh)
+                else:
+                    _write_slot(slot, jax.lax.with_sharding_constraint(leaf, sh))
+            return x
+        if isinstance(s, FilterMap):
+            raise TransformError(
+                f"nnx.jit: out_shardings gives {s!r} for an output that holds no graph "
+                "objects. Fix: use a StateSharding only where the function returns a Module "
+                "(or Variables); give plain shardings for arrays."
+            )
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, s), x)
+
+    return jax.tree.map(one, shardings, out, is_leaf=_is_sharding_leaf)
 
 
 def jit(
@@ -238,6 +283,8 @@ def jit(
     Arguments follow ``jax.jit``. For a graph argument, `in_shardings` may be one sharding
     (all its leaves), a :class:`StateSharding` (per filter), or a State of shardings; donating
     a graph argument donates its Variables' buffers (they are replaced by the new values).
+    `out_shardings` is a prefix of the output; where the output holds graph objects (a Module
+    created inside), one sharding or a StateSharding there applies to their Variables.
     Usable as ``@nnx.jit`` or ``@nnx.jit(static_argnums=...)``.
     """
     kwargs = dict(

@@ -103,7 +103,12 @@ def scan(
                 f"nnx.scan: in_axes has {len(axes)} entries for {n} arguments. Fix: one of "
                 "nnx.Carry, an int, None or a StateAxes per positional argument."
             )
-        carry_pos = [i for i, ax in enumerate(axes) if ax is Carry]
+        # A graph argument whose StateAxes carries some of its state is the carry too.
+        carry_pos = [
+            i
+            for i, ax in enumerate(axes)
+            if ax is Carry or (isinstance(ax, FilterMap) and any(v is Carry for v in ax.values))
+        ]
         if len(carry_pos) > 1:
             raise TransformError("nnx.scan: at most one argument can be nnx.Carry in in_axes.")
         spec, flat, values = split_args(args, {})
