@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import jax
@@ -19,7 +20,18 @@ from ..graph import _flatten_full, state
 from ..state import _flat_pairs
 from ..variables import Variable
 
-__all__ = ["lazy_init"]
+__all__ = ["lazy_init", "note_created"]
+
+_created = threading.local()
+
+
+def note_created(variable: Variable) -> None:
+    """Called by a layer that creates a Variable during a call and may then overwrite it in
+    that same call (BatchNorm's running statistics): under :func:`lazy_init`, the Variable is
+    put back to the value it was created with."""
+    log = getattr(_created, "log", None)
+    if log is not None:
+        log[id(variable)] = (variable, variable._value)
 
 
 def _abstract(x: Any) -> Any:
@@ -44,15 +56,19 @@ def lazy_init(model: Any, *example_args: Any, **example_kwargs: Any) -> Any:
     def run(args: Any, kwargs: Any) -> None:
         model(*args, **kwargs)
 
+    outer, _created.log = getattr(_created, "log", None), {}
     try:
         jax.eval_shape(run, args, kwargs)
     finally:
+        created, _created.log = _created.log, outer
         leftover = []
         for path, leaf in zip(*_paths_and_leaves(model), strict=True):
             if isinstance(leaf, Variable) and _has_tracer(leaf._value):
                 old = before.get(path)
                 if old is not None:
                     object.__setattr__(leaf, "_value", old._value)
+                elif id(leaf) in created:
+                    object.__setattr__(leaf, "_value", created[id(leaf)][1])
                 else:
                     leftover.append(path)
     if leftover:

@@ -1,0 +1,205 @@
+"""Metrics that accumulate across batches: ``Average``, ``Accuracy``, ``Welford``,
+``MultiMetric``. Their running sums are Variables, so ``update`` works inside ``nnx.jit``.
+
+Example:
+  >>> metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average('loss'))
+  >>> metrics.update(logits=jnp.array([[0.1, 0.9], [0.8, 0.2]]), labels=jnp.array([1, 1]),
+  ...                loss=jnp.array([0.5, 1.5]))
+  >>> {k: float(v) for k, v in metrics.compute().items()}
+  {'accuracy': 0.5, 'loss': 1.0}
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import NNXError
+from ..filters import Filter
+from ..graph import split as _split
+from ..pytreelib import Pytree
+from ..variables import Variable
+
+__all__ = ["Accuracy", "Average", "Metric", "MetricState", "MultiMetric", "Statistics", "Welford"]
+
+
+class MetricState(Variable):
+    """The Variable type of a metric's running state."""
+
+    __slots__ = ()
+
+
+class Metric(Pytree):
+    """Base class: ``update(**batch)``, ``compute()``, ``reset()``."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def update(self, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> Any:
+        raise NotImplementedError
+
+    def split(self, *filters: Filter) -> tuple[Any, ...]:
+        """``nnx.split(self, *filters)``."""
+        return _split(self, *filters)
+
+
+class Average(Metric):
+    """The mean of all values seen (weighted by element count across uneven batches).
+
+    ``update(values=x, mask=m)`` ignores the entries where ``m`` is False (``m`` broadcasts
+    to the shape of ``x`` by the usual rules).
+
+    Args:
+      argname: the keyword of ``update`` holding the values.
+    """
+
+    def __init__(self, argname: str = "values"):
+        self.argname = argname
+        self.total = MetricState(jnp.array(0, dtype=jnp.float32))
+        self.count = MetricState(jnp.array(0, dtype=jnp.int32))
+
+    def reset(self) -> None:
+        self.total.value = jnp.zeros_like(self.total.value)
+        self.count.value = jnp.zeros_like(self.count.value)
+
+    def update(self, mask: Any = None, **kwargs: Any) -> None:
+        values = jnp.asarray(_get(self, kwargs))
+        if mask is None:
+            total, count = jnp.sum(values, dtype=jnp.float32), values.size
+        else:
+            mask = _broadcast_mask(self, jnp.asarray(mask), values.shape)
+            total = jnp.sum(jnp.where(mask, values, 0), dtype=jnp.float32)
+            count = jnp.sum(mask, dtype=self.count.value.dtype)
+        self.total.value = self.total.value + total
+        self.count.value = self.count.value + count
+
+    def compute(self) -> jax.Array:
+        return self.total.value / self.count.value
+
+
+class Accuracy(Average):
+    """Fraction of ``argmax(logits, -1) == labels``.
+
+    Also accepted: integer ``logits`` of the labels' shape (already class ids), and, with a
+    ``threshold``, binary scores of the labels' shape: ``(logits >= threshold) == (labels > 0)``.
+    ``mask=`` ignores entries, as in :class:`Average`.
+
+    Args:
+      threshold: the decision threshold for binary scores.
+    """
+
+    def __init__(self, threshold: float | None = None):
+        super().__init__("values")
+        self.threshold = threshold
+
+    def update(  # type: ignore[override]
+        self, *, logits: Any, labels: Any, mask: Any = None, **_: Any
+    ) -> None:
+        logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+        if self.threshold is not None and logits.shape == labels.shape:
+            correct = (logits >= self.threshold) == (labels > 0)
+        elif logits.ndim == labels.ndim + 1 and logits.shape[:-1] == labels.shape:
+            correct = jnp.argmax(logits, axis=-1) == labels
+        elif logits.shape == labels.shape and jnp.issubdtype(logits.dtype, jnp.integer):
+            correct = logits == labels
+        else:
+            raise NNXError(
+                f"Accuracy.update: logits of shape {logits.shape} ({logits.dtype}) do not fit "
+                f"labels of shape {labels.shape}. Accuracy takes, one of:\n"
+                "  1. scores (..., num_classes) with integer labels (...);\n"
+                "  2. predicted class ids of the labels' shape (an integer array);\n"
+                "  3. binary scores of the labels' shape with Accuracy(threshold=0.5)."
+            )
+        super().update(values=correct, mask=mask)
+
+
+class Statistics(NamedTuple):
+    mean: jax.Array
+    standard_error_of_mean: jax.Array
+    standard_deviation: jax.Array
+
+
+class Welford(Metric):
+    """Running mean and variance (Welford/Chan's parallel update, stable across batches)."""
+
+    def __init__(self, argname: str = "values"):
+        self.argname = argname
+        self.count = MetricState(jnp.array(0, dtype=jnp.int32))
+        self.mean = MetricState(jnp.array(0, dtype=jnp.float32))
+        self.m2 = MetricState(jnp.array(0, dtype=jnp.float32))
+
+    def reset(self) -> None:
+        for v in (self.count, self.mean, self.m2):
+            v.value = jnp.zeros_like(v.value)
+
+    def update(self, **kwargs: Any) -> None:
+        values = jnp.asarray(_get(self, kwargs), jnp.float32).reshape(-1)
+        n_b = values.size
+        if n_b == 0:
+            return
+        mean_b = jnp.mean(values)
+        m2_b = jnp.sum((values - mean_b) ** 2)
+        n_a = self.count.value.astype(jnp.float32)
+        n = n_a + n_b
+        delta = mean_b - self.mean.value
+        self.mean.value = self.mean.value + delta * n_b / n
+        self.m2.value = self.m2.value + m2_b + delta**2 * n_a * n_b / n
+        self.count.value = self.count.value + n_b
+
+    def compute(self) -> Statistics:
+        n = self.count.value.astype(jnp.float32)
+        var = self.m2.value / n
+        std = jnp.sqrt(var)
+        return Statistics(self.mean.value, std / jnp.sqrt(n), std)
+
+
+class MultiMetric(Metric):
+    """Several named metrics updated together: ``update(**batch)`` passes every keyword to
+    every metric; ``compute()`` returns a dict."""
+
+    def __init__(self, **metrics: Metric):
+        clash = sorted(n for n in metrics if hasattr(MultiMetric, n) or n.startswith("_"))
+        if clash:
+            raise NNXError(
+                f"MultiMetric: the metric name(s) {clash} would hide MultiMetric's own "
+                "attributes. Fix: choose other names, e.g. MultiMetric(loss_avg=...)."
+            )
+        self._names = tuple(metrics)
+        for name, metric in metrics.items():
+            setattr(self, name, metric)
+
+    def reset(self) -> None:
+        for name in self._names:
+            getattr(self, name).reset()
+
+    def update(self, **kwargs: Any) -> None:
+        for name in self._names:
+            getattr(self, name).update(**kwargs)
+
+    def compute(self) -> dict[str, Any]:
+        return {name: getattr(self, name).compute() for name in self._names}
+
+
+def _get(metric: Metric, kwargs: dict) -> Any:
+    if metric.argname not in kwargs:  # type: ignore[attr-defined]
+        name = metric.argname  # type: ignore[attr-defined]
+        raise NNXError(
+            f"{type(metric).__name__}.update expects the keyword {name!r}; got "
+            f"{sorted(kwargs)}. Fix: pass {name}=..., or build it with argname=<your keyword>."
+        )
+    return kwargs[metric.argname]  # type: ignore[attr-defined]
+
+
+def _broadcast_mask(metric: Metric, mask: jax.Array, shape: tuple) -> jax.Array:
+    try:
+        return jnp.broadcast_to(mask, shape).astype(bool)
+    except ValueError:
+        raise NNXError(
+            f"{type(metric).__name__}.update: a mask of shape {mask.shape} does not broadcast "
+            f"to the values' shape {shape}. Fix: a mask of the values' shape."
+        ) from None
