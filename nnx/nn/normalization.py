@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -69,15 +70,15 @@ def _config_axes(layer: str, name: str, axes: Any, *, allow_none: bool = False) 
     if axes is None and allow_none:
         return None
     items = (axes,) if not isinstance(axes, Sequence) else tuple(axes)
-    if not items or any(isinstance(a, bool) or not isinstance(a, int) for a in items):
+    if not items or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in items):
         raise ConfigError(
             f"{layer}: {name} must be an int or a non-empty sequence of ints, got {axes!r}."
         )
-    return axes if isinstance(axes, int) else items
+    return int(axes) if isinstance(axes, numbers.Integral) else tuple(int(a) for a in items)
 
 
 def _config_epsilon(layer: str, epsilon: Any) -> None:
-    if not isinstance(epsilon, int | float) or isinstance(epsilon, bool) or epsilon < 0:
+    if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon >= 0:
         raise ConfigError(f"{layer}: epsilon must be a non-negative number, got {epsilon!r}.")
 
 
@@ -590,13 +591,13 @@ class BatchNorm(_Norm):
         scale_metadata: Mapping[str, Any] = {},
     ):
         self._setup("BatchNorm", **_arguments(locals(), "use_running_average", "axis", "momentum"))
-        if isinstance(axis, bool) or not isinstance(axis, int):
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise ConfigError(f"BatchNorm: axis must be an int, got {axis!r}.")
-        if not isinstance(momentum, int | float) or not 0 <= momentum <= 1:
+        if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
             raise ConfigError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}.")
         self.use_running_average = use_running_average
-        self.axis = axis
-        self.momentum = momentum
+        self.axis = int(axis)
+        self.momentum = float(momentum)
         if num_features is None:
             self.mean = None
             self.var = None

@@ -1,9 +1,9 @@
 """The parametric ReLU layer :class:`PReLU`.
 
 Example:
-  >>> act = nnx.PReLU(negative_slope_init=0.1)
+  >>> act = nnx.PReLU(negative_slope_init=0.5)
   >>> act(jnp.array([-2.0, 3.0])).tolist()
-  [-0.2000000029802322, 3.0]
+  [-1.0, 3.0]
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class RNNCellBase(Module):
 
     def _one_carry(self, input_shape: tuple[int, ...], key: Any, carry_init: Any) -> jax.Array:
         init = carry_init if carry_init is not None else self.carry_init
-        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
+        shape = (*tuple(input_shape[:-1]), self.hidden_features)
         return init(key, shape, self.param_dtype)
 
     def initialize_carry(

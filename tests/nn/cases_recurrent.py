@@ -11,7 +11,7 @@ from tests.nn.registry import Case
 def _cell_inputs(cell_cls, hidden=4, batch=(3,), features=5):
     def inputs(key):
         k1, k2 = jax.random.split(key)
-        x = jax.random.normal(k1, batch + (features,))
+        x = jax.random.normal(k1, (*batch, features))
         carry = cell_cls(features, hidden, rngs=nnx.Rngs(0)).initialize_carry(x.shape)
         carry = jax.tree.map(lambda c: c + 0.1 * jax.random.normal(k2, c.shape), carry)
         return carry, x

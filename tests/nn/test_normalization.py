@@ -496,7 +496,7 @@ def _grads(lib, module, x, **call):
     def loss(state, x):
         return jnp.sum(jnp.sin(lib.merge(graphdef, state)(x, **call)))
 
-    g_state, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(state, x)
+    g_state, g_x = jax.grad(loss, argnums=(0, 1))(state, x)
     return lib.to_pure_dict(g_state), g_x
 
 
