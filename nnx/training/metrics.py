@@ -125,7 +125,11 @@ class Statistics(NamedTuple):
 
 
 class Welford(Metric):
-    """Running mean and variance (Welford/Chan's parallel update, stable across batches)."""
+    """Running mean and variance (Welford/Chan's parallel update, stable across batches).
+
+    ``update(values=x, mask=m)`` ignores the entries where ``m`` is False, as in
+    :class:`Average`.
+    """
 
     def __init__(self, argname: str = "values"):
         self.argname = argname
@@ -137,19 +141,26 @@ class Welford(Metric):
         for v in (self.count, self.mean, self.m2):
             v.value = jnp.zeros_like(v.value)
 
-    def update(self, **kwargs: Any) -> None:
-        values = jnp.asarray(_get(self, kwargs), jnp.float32).reshape(-1)
-        n_b = values.size
-        if n_b == 0:
-            return
-        mean_b = jnp.mean(values)
-        m2_b = jnp.sum((values - mean_b) ** 2)
+    def update(self, mask: Any = None, **kwargs: Any) -> None:
+        values = jnp.asarray(_get(self, kwargs), jnp.float32)
+        if mask is None:
+            if values.size == 0:
+                return
+            weights = None
+            n_b: Any = values.size
+            mean_b = jnp.mean(values)
+            m2_b = jnp.sum((values - mean_b) ** 2)
+        else:
+            weights = _broadcast_mask(self, jnp.asarray(mask), values.shape).astype(jnp.float32)
+            n_b = jnp.sum(weights)
+            mean_b = jnp.sum(weights * values) / jnp.maximum(n_b, 1.0)
+            m2_b = jnp.sum(weights * (values - mean_b) ** 2)
         n_a = self.count.value.astype(jnp.float32)
-        n = n_a + n_b
+        n = jnp.maximum(n_a + n_b, 1.0)  # 0 only for an all-masked batch on an empty metric
         delta = mean_b - self.mean.value
         self.mean.value = self.mean.value + delta * n_b / n
         self.m2.value = self.m2.value + m2_b + delta**2 * n_a * n_b / n
-        self.count.value = self.count.value + n_b
+        self.count.value = self.count.value + jnp.asarray(n_b).astype(jnp.int32)
 
     def compute(self) -> Statistics:
         n = self.count.value.astype(jnp.float32)

@@ -102,6 +102,24 @@ def test_masks_ignore_entries():
     assert float(acc.compute()) == 1.0
 
 
+def test_welford_mask_matches_numpy_on_the_kept_values():
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(3)]
+    masks = [rng.random((3, 4)) > 0.4 for _ in range(3)]
+    masks[1][:] = False  # an all-masked batch changes nothing
+    wf = Welford()
+    for values, mask in zip(batches, masks, strict=True):
+        wf.update(values=jnp.asarray(values), mask=jnp.asarray(mask))
+    kept = np.concatenate([v[m] for v, m in zip(batches, masks, strict=True)]).astype(np.float64)
+    stats = wf.compute()
+    assert int(wf.count.value) == kept.size
+    np.testing.assert_allclose(stats.mean, kept.mean(), rtol=1e-5)
+    np.testing.assert_allclose(stats.standard_deviation, kept.std(), rtol=1e-4)
+    empty = Welford()
+    empty.update(values=jnp.ones(3), mask=jnp.zeros(3, bool))
+    assert int(empty.count.value) == 0 and float(empty.mean.value) == 0.0
+
+
 def test_reset_and_python_scalars():
     avg = Average("loss")
     avg.update(loss=3.0)
