@@ -23,6 +23,7 @@ __all__ = [
     "TraceContextError",
     "TransformError",
     "UpdateError",
+    "VariableInPlaceError",
     "format_path",
 ]
 
@@ -65,6 +66,10 @@ class ShapeError(NNXError, ValueError):
 
 class ConfigError(NNXError, ValueError):
     """A layer was constructed with invalid arguments."""
+
+
+class VariableInPlaceError(NNXError, NotImplementedError):
+    """An augmented assignment (``v += x``) was applied to a Variable object itself."""
 
 
 class RngStreamError(NNXError, AttributeError, KeyError):

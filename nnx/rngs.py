@@ -204,18 +204,25 @@ class Rngs(Pytree):
 def reseed(node: Any, /, **stream_keys: Any) -> None:
     """Resets the named streams everywhere in `node` to new seeds (counters back to zero).
 
-    Batched streams (from a split) get a batch of fresh keys of the same shape.
+    As in flax, each stream gets the key a fresh ``nnx.Rngs(name=seed)`` would hand out first,
+    which is the key a layer forks from the Rngs it is built with: a reseeded model repeats
+    what a model freshly built with those seeds does. Batched streams (from a split) get a
+    batch of fresh keys of the same shape.
 
     Example:
-      >>> rngs = nnx.Rngs(params=0)
-      >>> a = rngs.params()
-      >>> nnx.reseed(rngs, params=0)
-      >>> bool((jax.random.key_data(rngs.params()) == jax.random.key_data(a)).all())
-      True
+      >>> def make():
+      ...   return nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=42))
+      >>> x = jnp.ones((2, 8))
+      >>> drop = make()
+      >>> y1 = drop(x)
+      >>> nnx.reseed(drop, dropout=42)
+      >>> bool((drop(x) == y1).all()), bool((make()(x) == y1).all())
+      (True, True)
     """
     for _, value in iter_graph(node):
         if isinstance(value, RngStream) and value.tag in stream_keys:
             key = _as_key(stream_keys[value.tag])
+            key = _fold_in(key, jnp.zeros(key.shape, jnp.uint32))  # Rngs(seed)'s first key
             shape = value.key.value.shape
             if shape and key.shape != shape:
                 key = jax.random.split(key, shape)

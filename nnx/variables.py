@@ -192,6 +192,23 @@ def _binary(name: str):
     return op
 
 
+_INPLACE_MESSAGE = (
+    "`{cls} {op}= x` would replace the {cls} by a plain array (Python falls back to "
+    "`v = v {op} x`), silently dropping its type and metadata from the model's state; as in "
+    "flax.nnx, in-place operators on a Variable itself are not supported.\n"
+    "Fix: update its value in place, `v[...] {op}= x` or `v.value = v.value {op} x`."
+)
+
+
+def _inplace(op: str):
+    def method(self, other):
+        from .errors import VariableInPlaceError
+
+        raise VariableInPlaceError(_INPLACE_MESSAGE.format(cls=type(self).__name__, op=op))
+
+    return method
+
+
 def _unary(fn):
     def op(self):
         return fn(self._value)
@@ -463,6 +480,19 @@ class Variable(Generic[A]):
     __le__ = _binary("__le__")
     __gt__ = _binary("__gt__")
     __ge__ = _binary("__ge__")
+    __iadd__ = _inplace("+")
+    __isub__ = _inplace("-")
+    __imul__ = _inplace("*")
+    __itruediv__ = _inplace("/")
+    __ifloordiv__ = _inplace("//")
+    __imod__ = _inplace("%")
+    __ipow__ = _inplace("**")
+    __imatmul__ = _inplace("@")
+    __iand__ = _inplace("&")
+    __ior__ = _inplace("|")
+    __ixor__ = _inplace("^")
+    __ilshift__ = _inplace("<<")
+    __irshift__ = _inplace(">>")
     __neg__ = _unary(lambda x: -x)
     __pos__ = _unary(lambda x: +x)
     __abs__ = _unary(abs)
