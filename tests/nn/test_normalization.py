@@ -496,7 +496,7 @@ def _grads(lib, module, x, **call):
     def loss(state, x):
         return jnp.sum(jnp.sin(lib.merge(graphdef, state)(x, **call)))
 
-    g_state, g_x = jax.grad(loss, argnums=(0, 1))(state, x)
+    g_state, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(state, x)
     return lib.to_pure_dict(g_state), g_x
 
 
@@ -515,16 +515,25 @@ def _compare(ours, theirs, x, names=("scale", "bias"), **call):
     return float(jnp.max(jnp.abs(y_ours - y_theirs)))
 
 
+_slow = pytest.mark.slow
 FLAX_NORMS = [
     ("LayerNorm", 6, (4, 6), {}),
-    ("LayerNorm", 12, (2, 3, 4), dict(reduction_axes=(-2, -1), feature_axes=(-2, -1))),
-    ("LayerNorm", 6, (4, 6), dict(use_fast_variance=False, use_bias=False)),
+    pytest.param(
+        "LayerNorm",
+        12,
+        (2, 3, 4),
+        dict(reduction_axes=(-2, -1), feature_axes=(-2, -1)),
+        marks=_slow,
+    ),
+    pytest.param(
+        "LayerNorm", 6, (4, 6), dict(use_fast_variance=False, use_bias=False), marks=_slow
+    ),
     ("RMSNorm", 6, (4, 6), {}),
-    ("RMSNorm", 4, (2, 3, 4), dict(reduction_axes=(1, 2))),
+    pytest.param("RMSNorm", 4, (2, 3, 4), dict(reduction_axes=(1, 2)), marks=_slow),
     ("GroupNorm", 8, (2, 5, 8), dict(num_groups=4)),
-    ("GroupNorm", 6, (2, 3, 3, 6), dict(num_groups=None, group_size=3)),
+    pytest.param("GroupNorm", 6, (2, 3, 3, 6), dict(num_groups=None, group_size=3), marks=_slow),
     ("InstanceNorm", 3, (2, 4, 5, 3), {}),
-    ("InstanceNorm", 12, (2, 5, 3, 4), dict(feature_axes=(-2, -1))),
+    pytest.param("InstanceNorm", 12, (2, 5, 3, 4), dict(feature_axes=(-2, -1)), marks=_slow),
 ]
 
 
@@ -537,7 +546,9 @@ def test_norms_match_flax(name, n, shape, kw):
     assert _compare(ours, theirs, _x(shape, offset=1.5)) < 1e-5
 
 
-@pytest.mark.parametrize("kw", [{}, dict(axis=1, use_fast_variance=False)], ids=str)
+@pytest.mark.parametrize(
+    "kw", [{}, pytest.param(dict(axis=1, use_fast_variance=False), marks=_slow)], ids=str
+)
 def test_batch_norm_matches_flax_over_training_steps(kw):
     flax = pytest.importorskip("flax.nnx")
     ours = _randomize(nnx.BatchNorm(3, momentum=0.7, rngs=nnx.Rngs(0), **kw))
