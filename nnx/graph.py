@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
@@ -133,6 +134,8 @@ class GraphDef:
     """
 
     __slots__ = (
+        "_build_plan",
+        "_gather_plan",
         "_hash",
         "_path_index",
         "_state_plan",
@@ -150,6 +153,18 @@ class GraphDef:
         self._hash = hash((root, num_nodes))
         self._path_index: dict[Path, int] | None = None
         self._state_plan: dict | bool | None = False  # False: not computed yet
+        self._build_plan: _BuildPlan | None = None
+        self._gather_plan: tuple | bool | None = False
+
+    def _gather_level(self) -> tuple | None:
+        """The nest plan compiled for ``_gather`` (built once)."""
+        level = self._gather_plan
+        if level is False:
+            plan = self._plan()
+            level = self._gather_plan = (
+                None if plan is None else _compile_level(plan, self.leaf_types)
+            )
+        return level  # type: ignore[return-value]
 
     def _plan(self) -> dict | None:
         """How a State of this GraphDef nests (see ``state._nest_plan``), built once."""
@@ -517,14 +532,15 @@ def flatten(node: Any) -> tuple[GraphDef, list[tuple[Path, Any]]]:
     return flat.graphdef, list(zip(flat.paths, flat.leaves, strict=True))
 
 
-def unflatten(graphdef: GraphDef, state: Mapping | list, *, copy: bool = True) -> Any:
+def unflatten(graphdef: GraphDef, state: Mapping | list, *, copy: bool = False) -> Any:
     """Rebuilds an object graph from a GraphDef and a State (or a list of leaves in order).
 
     Args:
       graphdef: the structure, from :func:`split` or :func:`graphdef`.
       state: a State covering exactly the GraphDef's leaves, or the leaves as a list in
         GraphDef order (raw values are wrapped in the Variable type the GraphDef records).
-      copy: copy Variables out of `state` (the default) so the new graph does not alias it.
+      copy: copy Variables out of `state` so the new graph does not alias it (by default it
+        adopts them, as :func:`merge` does).
 
     Raises:
       GraphDefMismatchError: the state's paths are not those of the GraphDef.
@@ -558,6 +574,11 @@ def _build(
         (how transforms write structural changes back into the caller's objects).
       nodes_out: if given, receives the node table (the object built for each index).
     """
+    if not reuse:
+        plan = graphdef._build_plan
+        if plan is None:
+            plan = graphdef._build_plan = _BuildPlan(graphdef)
+        return plan.run(leaves, copy, metas, nodes_out)
     nodes: list[Any] = [None] * graphdef.num_nodes
     it = iter(leaves)
     meta_it = iter(metas) if metas is not None else None
@@ -663,6 +684,156 @@ def _build(
     return root
 
 
+class _BuildPlan:
+    """A GraphDef compiled for building new graphs (:func:`merge`, :func:`unflatten`, the
+    rebuild inside a transform): flat instruction lists instead of a walk of the nested
+    definition, so each merge does one pass over the leaves and one over the nodes.
+
+    Every object lives in one table: first the leaves in GraphDef order (so a list of
+    Variables is adopted with one slice assignment), then the other nodes (Modules, Lists,
+    Dicts), then one cell per static value and pytree (tuple, namedtuple...). First the
+    empty Lists and Dicts, and the objects that something refers to before they are filled
+    (shared, cyclic, or inside a pytree) are created; then the leaves are placed; then
+    pytrees bottom-up; then the other objects, children before parents, each created and
+    filled from the table by index in one step; last the Lists' and Dicts' items.
+    """
+
+    __slots__ = (
+        "colls",
+        "dict_fills",
+        "early",
+        "leaf_types",
+        "list_fills",
+        "node_pos",
+        "num_leaves",
+        "obj_fills",
+        "root",
+        "template",
+        "trees",
+    )
+
+    def __init__(self, graphdef: GraphDef):
+        n_leaves = len(graphdef.leaf_paths)
+        template: list[Any] = [None] * n_leaves
+        node_pos: list[int] = [-1] * graphdef.num_nodes  # node index -> table position
+        leaf_types: list[type | None] = []
+        colls: list[tuple[int, type]] = []
+        trees: list[tuple[int, Any, tuple[int, ...]]] = []
+        obj_fills: list[tuple] = []
+        list_fills: list[tuple[int, tuple[int, ...]]] = []
+        dict_fills: list[tuple[int, tuple, tuple[int, ...]]] = []
+        early: set[int] = set()  # table positions of objects needed before their own fill
+        is_node: set[int] = set()
+
+        def cell(value: Any) -> int:
+            template.append(value)
+            return len(template) - 1
+
+        def slot(cd: tuple) -> int:  # same depth-first order as the flatten that made cd
+            tag = cd[0]
+            if tag == _REF:
+                pos = node_pos[cd[1]]
+                early.add(pos)
+                return pos
+            if tag in (_VAR, _LEAF):
+                pos = len(leaf_types)
+                leaf_types.append(cd[2] if tag == _VAR else None)
+                if tag == _VAR:
+                    node_pos[cd[1]] = pos
+                return pos
+            if tag == _STATIC:
+                return cell(cd[1])
+            if tag == _NODE:
+                _, kind, typ, i, children, fields = cd
+                pos = node_pos[i] = cell(None)
+                is_node.add(pos)
+                if kind != _OBJ:
+                    colls.append((pos, typ))
+                keys = tuple(k for k, _ in children)
+                idxs = tuple(slot(c) for _, c in children)
+                if kind == _OBJ:
+                    obj_fills.append((pos, typ, keys, _getter(idxs), fields))
+                elif kind == _LIST:
+                    list_fills.append((pos, idxs))
+                else:
+                    dict_fills.append((pos, keys, idxs))
+                return pos
+            idxs = tuple(slot(c) for _, c in cd[2])  # _TREE: children first
+            early.update(i for i in idxs if i in is_node)
+            pos = cell(None)
+            trees.append((pos, cd[1], idxs))
+            return pos
+
+        self.root = slot(graphdef.root)
+        assert len(leaf_types) == n_leaves
+        self.num_leaves, self.leaf_types, self.node_pos = n_leaves, leaf_types, node_pos
+        self.template, self.colls, self.trees = template, colls, trees
+        self.early = [(pos, typ) for pos, typ, *_ in obj_fills if pos in early]
+        self.obj_fills = [(pos, typ, pos in early, *rest) for pos, typ, *rest in obj_fills]
+        self.list_fills, self.dict_fills = list_fills, dict_fills
+
+    def run(self, leaves: list, copy: bool, metas: list | None, nodes_out: list | None) -> Any:
+        n = self.num_leaves
+        if len(leaves) != n:
+            raise GraphDefMismatchError(f"got {len(leaves)} leaves for a GraphDef of {n}.")
+        table = self.template.copy()
+        new = object.__new__
+        for pos, typ in self.early:
+            table[pos] = new(typ)
+        for pos, typ in self.colls:
+            obj = typ.__new__(typ)
+            object.__setattr__(obj, "_nnx_stamp", 0)
+            table[pos] = obj
+        if metas is None and list(map(type, leaves)) == self.leaf_types:
+            table[:n] = map(Variable.copy, leaves) if copy else leaves  # all Variables
+        else:
+            meta_list = metas if metas is not None else [None] * n
+            for pos, (vtype, leaf, meta) in enumerate(
+                zip(self.leaf_types, leaves, meta_list, strict=True)
+            ):
+                table[pos] = _leaf_object(vtype, leaf, copy, meta)
+        get = table.__getitem__
+        for pos, treedef, idxs in self.trees:
+            table[pos] = treedef.unflatten(list(map(get, idxs)))
+        for pos, typ, made, keys, getter, fields in self.obj_fills:
+            if made:
+                d = table[pos].__dict__
+            else:
+                obj = table[pos] = new(typ)
+                d = obj.__dict__
+            d.update(zip(keys, getter(table), strict=False))  # lengths fixed at compile
+            if fields:
+                d["_nnx_fields"] = dict(fields)
+        for pos, idxs in self.list_fills:
+            list.extend(table[pos], map(get, idxs))
+        for pos, keys, idxs in self.dict_fills:
+            dict.update(table[pos], zip(keys, map(get, idxs), strict=True))
+        if nodes_out is not None:
+            nodes_out.extend(map(get, self.node_pos))
+        return table[self.root]
+
+
+def _getter(idxs: tuple[int, ...]) -> Callable[[list], tuple]:
+    """``table -> tuple(table[i] for i in idxs)``, in C for the common case."""
+    if len(idxs) > 1:
+        return operator.itemgetter(*idxs)
+    return lambda table: tuple(table[i] for i in idxs)
+
+
+def _leaf_object(vtype: type | None, leaf: Any, copy: bool, meta: Any) -> Any:
+    """What one leaf becomes in a built graph: a raw value for a pytree leaf slot; else a
+    Variable (the state's own, a copy of it, or a new one around a raw value and `meta`)."""
+    if vtype is None:
+        return leaf._value if isinstance(leaf, Variable) else leaf
+    if isinstance(leaf, Variable):
+        return leaf.copy() if copy else leaf
+    var = vtype.__new__(vtype)
+    Variable.__init__(var, leaf)
+    if meta:
+        object.__setattr__(var, "_meta", meta)
+    return var
+
+
 def _state_pairs(states: tuple[Mapping, ...]) -> list[tuple[Path, Any]]:
     pairs: list[tuple[Path, Any]] = []
     for s in states:
@@ -685,10 +856,10 @@ def _leaves_fast(graphdef: GraphDef, states: list[Mapping]) -> list[Any] | None:
     types = graphdef.leaf_types
     leaves: list[Any] = [_MISSING] * len(index)
     if len(states) == 1:
-        plan = graphdef._plan()
+        level = graphdef._gather_level()
         state = states[0]
         data = state._mapping if isinstance(state, State) else state
-        if plan is not None and type(data) is dict and _gather(plan, data, types, leaves):
+        if level is not None and type(data) is dict and _gather(level, data, leaves):
             return leaves
     found = 0
     for s in states:
@@ -707,31 +878,45 @@ def _leaves_fast(graphdef: GraphDef, states: list[Mapping]) -> list[Any] | None:
     return leaves if found == len(leaves) else None
 
 
-def _gather(plan: dict, data: dict, types: tuple, out: list) -> bool:
-    """Reads the leaves of one State laid out exactly as `plan` says into `out` (by position,
-    no path tuples built or hashed); False at the first difference."""
-    if len(data) != len(plan):
-        return False
-    for key, sub in plan.items():
-        value = data.get(key, _MISSING)
-        if type(sub) is int:
-            if value is _MISSING:
+# (number of keys, ((key, leaf position, Variable type | None), ...), ((key, _Level), ...))
+_Level = tuple
+
+
+def _compile_level(plan: dict, types: tuple) -> _Level:
+    """``_nest_plan``'s nested dict as tuples for :func:`_gather`: leaves and sub-levels
+    apart, each leaf with the Variable type expected there."""
+    leaves = tuple((k, sub, types[sub]) for k, sub in plan.items() if type(sub) is int)
+    subs = tuple((k, _compile_level(sub, types)) for k, sub in plan.items() if type(sub) is not int)
+    return (len(plan), leaves, subs)
+
+
+def _gather(level: _Level, data: dict, out: list) -> bool:
+    """Reads the leaves of one State laid out exactly as `level` says into `out` (by
+    position, no path tuples built or hashed); False at the first difference."""
+    todo = [(level, data)]
+    pop, push = todo.pop, todo.append
+    while todo:
+        (n, leaves, subs), data = pop()
+        if len(data) != n:
+            return False
+        get = data.get
+        for key, i, expected in leaves:
+            value = get(key, _MISSING)
+            if (  # a raw value also fits (orbax restores arrays); a Variable of another type not
+                type(value) is not expected
+                and (value is _MISSING or isinstance(value, (Mapping, Variable)))
+                and not (expected is None and isinstance(value, Variable))
+            ):
                 return False
-            expected = types[sub]
-            if isinstance(value, Variable):
-                if expected is not None and type(value) is not expected:
-                    return False
-            elif isinstance(value, Mapping):
-                return False
-            out[sub] = value
-        else:
+            out[i] = value
+        for key, sub in subs:
+            value = get(key)
             t = type(value)
             if t is State:
                 value = value._mapping
             elif t is not dict:
                 return False
-            if not _gather(sub, value, types, out):
-                return False
+            push((sub, value))
     return True
 
 
@@ -837,8 +1022,13 @@ def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
     return (flat.graphdef, *_split_pairs(pairs, filters, exhaustive=True))
 
 
-def merge(graphdef: GraphDef, state: Mapping, /, *states: Mapping, copy: bool = True) -> Any:
+def merge(graphdef: GraphDef, state: Mapping, /, *states: Mapping, copy: bool = False) -> Any:
     """Builds a new object graph from a GraphDef and the State(s) that :func:`split` returned.
+
+    As in flax.nnx, the new graph adopts the states' Variable objects (no copies): changing
+    the merged model's Variables changes the state's too. Pass ``copy=True`` for a graph that
+    shares nothing with the state. (:func:`split` and :func:`state` already return
+    snapshots, so merging them never aliases the model they came from.)
 
     Raises:
       GraphDefMismatchError: the states' paths or Variable types do not fit the GraphDef.
@@ -1138,7 +1328,7 @@ class _CallProxy:
         return _CallProxy(self._graphdef, self._states, (*self._names, name))
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[GraphDef, State]]:
-        obj = merge(self._graphdef, *self._states)
+        obj = merge(self._graphdef, *self._states, copy=True)  # functional: inputs untouched
         fn: Callable = obj
         for name in self._names:
             fn = getattr(fn, name)

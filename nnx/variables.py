@@ -362,10 +362,10 @@ class Variable(Generic[A]):
 
     def copy(self) -> Variable[A]:
         """A shallow copy: a new Variable sharing the (immutable) array value."""
-        new = object.__new__(type(self))
-        object.__setattr__(new, "_value", self._value)
-        object.__setattr__(new, "_meta", self._meta)
-        object.__setattr__(new, "_nnx_stamp", 0)
+        new = _new(type(self))
+        _set_value(new, self._value)  # slot descriptors directly: merge copies every leaf
+        _set_meta(new, self._meta)
+        _set_stamp(new, 0)
         if _FRAMES:
             _FRAMES[-1].register(new)
         return new
@@ -525,6 +525,11 @@ def _register_pytree(cls: type[Variable]) -> None:
 _VALUE_KEY = GetAttrKey("value")
 _register_pytree(Variable)
 
+
+_new = object.__new__
+_set_value = Variable.__dict__["_value"].__set__
+_set_meta = Variable.__dict__["_meta"].__set__
+_set_stamp = Variable.__dict__["_nnx_stamp"].__set__
 
 class Param(Variable[A]):
     """A trainable parameter. ``nnx.Optimizer`` and ``nnx.grad`` act on Params by default."""

@@ -82,12 +82,16 @@ def _check_roundtrip(recipe: GraphRecipe) -> None:
     assert identity_partition(copy) == identity_partition(model)
     assert nnx.graphdef(copy) == graphdef == nnx.graphdef(model)
     assert hash(nnx.graphdef(copy)) == hash(graphdef)
-    # A new graph: no identity object is reused (the state's Variables are copied, too).
+    # A new graph: split took a snapshot, so nothing of the model is reused; as in flax, the
+    # merged graph adopts the state's own Variables.
     ids = {id(o) for o in info.objects}
     assert ids.isdisjoint(id(o) for o in copy_info.objects)
     assert ids.isdisjoint(id(v) for v in state.flat_state().leaves)
-    # A second merge of the same state is independent of the first.
-    again = walk(nnx.merge(graphdef, state))
+    state_vars = {id(v) for v in state.flat_state().leaves if isinstance(v, nnx.Variable)}
+    merged_vars = {id(o) for o in copy_info.objects if isinstance(o, nnx.Variable)}
+    assert merged_vars == state_vars
+    # merge(copy=True) builds a graph independent of the first merge and of the state.
+    again = walk(nnx.merge(graphdef, state, copy=True))
     assert again.entries == info.entries
     assert {id(o) for o in copy_info.objects}.isdisjoint(id(o) for o in again.objects)
     # unflatten from the State, or from the leaves in GraphDef order, builds the same graph.

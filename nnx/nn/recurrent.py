@@ -448,7 +448,7 @@ class RNN(Module):
         def step(state: Any, x_t: tuple) -> tuple:
             carry, rest_state = state
             t, x = x_t
-            cell = merge(graphdef, params, rest_state)
+            cell = merge(graphdef, params, rest_state, copy=True)
             new_carry, y = cell(carry, x)
             if seq_lengths is not None:
                 valid = t < seq_lengths
