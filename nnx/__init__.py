@@ -114,6 +114,10 @@ from .rngs import fork_rngs as fork_rngs
 from .rngs import reseed as reseed
 from .rngs import restore_rngs as restore_rngs
 from .rngs import split_rngs as split_rngs
+from .safetensors import load_safetensors as load_safetensors
+from .safetensors import load_safetensors_dict as load_safetensors_dict
+from .safetensors import safetensors_metadata as safetensors_metadata
+from .safetensors import save_safetensors as save_safetensors
 from .state import FlatState as FlatState
 from .state import State as State
 from .state import from_flat_state as from_flat_state

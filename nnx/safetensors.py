@@ -1,0 +1,597 @@
+"""safetensors files: the weights format PyTorch and Hugging Face tooling read and write.
+
+:func:`save_safetensors` writes a model's arrays to one ``.safetensors`` file and
+:func:`load_safetensors` reads them back into a model, in place. The format is written and
+read here with numpy and json (no pickle, no eval): an 8-byte little-endian header length, a
+JSON header ``{name: {"dtype", "shape", "data_offsets"}, "__metadata__": {str: str}}`` padded
+with spaces to a multiple of 8 bytes, then the raw little-endian bytes of every tensor,
+contiguous, largest element size first (so each tensor is aligned to its element size).
+
+What is saved:
+
+* Names are dotted state paths, integer keys as digits: ``blocks.0.attn.query.kernel``.
+* By default: every Variable of ``nnx.state(node)`` (Params, BatchStats, caches, custom kinds)
+  and raw array attributes -- everything except RNG state (:class:`nnx.RngState`: the keys
+  and counters of ``nnx.Rngs``). RNG state is not weights: no other tool can use it, and a
+  weights file must load into a model built with any seed. Pass filters to choose (a leaf is
+  saved when it matches any of them, as in ``nnx.state``); ``...`` saves everything.
+* Typed PRNG keys have no safetensors dtype: their ``jax.random.key_data`` is stored, and the
+  key implementation is recorded in ``__metadata__["nnx.prng_keys"]`` (JSON).
+* A Variable shared by several paths is stored once, under its first path, and loading it
+  restores every reference.
+* Values that are not arrays or numbers (e.g. ``None``) have no tensor form and are skipped.
+* Supported dtypes: F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL; anything else is
+  rejected with an error naming the paths (cast it, or leave it out with a filter).
+
+Loading checks the file (a malformed one raises :class:`~nnx.checkpoint.CheckpointError`
+naming it), then compares every name, shape and dtype with the model before writing anything;
+all differences are reported in one :class:`~nnx.checkpoint.CheckpointMismatchError` and the
+model is left untouched. Abstract models from ``nnx.eval_shape`` get real arrays (placed with
+their sharding when they have one). ``strict=False`` loads the tensors both sides have;
+:func:`load_safetensors_dict` gives the raw ``{name: np.ndarray}`` for anything else.
+Hugging Face ``transformers`` wants ``metadata={"format": "pt"}`` in files it loads.
+
+Example:
+  >>> import os, tempfile
+  >>> path = os.path.join(tempfile.mkdtemp(), 'model.safetensors')
+  >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> nnx.save_safetensors(path, model, metadata={'step': '100'})
+  >>> fresh = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+  >>> nnx.load_safetensors(path, fresh)
+  {'step': '100'}
+  >>> bool((fresh.kernel.value == model.kernel.value).all())
+  True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import uuid
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .checkpoint import CheckpointError, CheckpointMismatchError
+from .errors import short_list
+from .filters import Any as _AnyOf
+from .filters import Filter, Not, to_predicate
+from .graph import state as _state
+from .graph import update as _update
+from .rngs import RngState
+from .state import from_flat_state, to_flat_state
+from .variables import Variable
+
+__all__ = [
+    "load_safetensors",
+    "load_safetensors_dict",
+    "safetensors_metadata",
+    "save_safetensors",
+]
+
+Path = tuple[Hashable, ...]
+
+# safetensors dtype code <-> numpy dtype (bfloat16 is ml_dtypes', which jax uses).
+_CODES: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(jnp.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_DTYPE_CODES: dict[np.dtype, str] = {dtype: code for code, dtype in _CODES.items()}
+_SUPPORTED = " ".join(_CODES)
+
+_METADATA_KEY = "__metadata__"
+_PRNG_KEYS = "nnx.prng_keys"  # __metadata__ entry: JSON {tensor name: key implementation}
+# The reference implementation refuses headers above 100 MB; so do we (a corrupt length
+# field must not make us allocate gigabytes).
+_MAX_HEADER = 100_000_000
+
+_DEFAULT_FILTER = Not(RngState)
+
+
+# -- what a model holds -------------------------------------------------------------------
+class _Leaf:
+    """One saveable leaf of a model's state: where it is, its value and its stored form."""
+
+    __slots__ = ("dtype", "impl", "name", "path", "shape", "value")
+
+    def __init__(self, name: str, path: Path, value: Any):
+        self.name = name
+        self.path = path
+        self.value = value
+        self.impl: str | None = None  # the PRNG key implementation, for typed keys
+        dtype = value.dtype if hasattr(value, "dtype") else np.dtype(jnp.result_type(value))
+        shape = tuple(getattr(value, "shape", ()))
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            abstract = jax.ShapeDtypeStruct(shape, dtype)
+            self.impl = _key_impl(abstract)
+            data = jax.eval_shape(jax.random.key_data, abstract)
+            shape, dtype = tuple(data.shape), data.dtype
+        self.shape: tuple[int, ...] = shape
+        self.dtype = np.dtype(dtype)
+
+
+def _key_impl(abstract_key: jax.ShapeDtypeStruct) -> str:
+    # key_impl needs a key array; tracing gives it one for abstract keys as well.
+    found: list[str] = []
+    jax.eval_shape(lambda k: found.append(str(jax.random.key_impl(k))), abstract_key)
+    return found[0]
+
+
+def _is_tensor_like(value: Any) -> bool:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return True
+    return isinstance(value, bool | int | float)
+
+
+def _name(path: Path) -> str:
+    parts = []
+    for key in path:
+        if isinstance(key, bool) or not isinstance(key, int | str):
+            raise CheckpointError(
+                f"The state path {path!r} has the key {key!r} ({type(key).__name__}); "
+                "safetensors names are made of attribute names and integer indices only. "
+                "Fix: use str or int keys in dicts, or leave this leaf out with a filter."
+            )
+        parts.append(str(key))
+    return ".".join(parts)
+
+
+def _leaves(node: Any, filters: tuple[Filter, ...], what: str) -> dict[str, _Leaf]:
+    """The leaves of `node` that `filters` select, by safetensors name."""
+    predicate = to_predicate(_AnyOf(*filters) if filters else _DEFAULT_FILTER)
+    out: dict[str, _Leaf] = {}
+    # nnx.state takes graph nodes, States and nested dicts alike; an empty dict has no state.
+    state = {} if isinstance(node, Mapping) and not node else _state(node)
+    for path, leaf in to_flat_state(state):
+        if not predicate(path, leaf):
+            continue
+        value = leaf.value if isinstance(leaf, Variable) else leaf
+        if not _is_tensor_like(value):
+            continue
+        name = _name(path)
+        if name in out or name == _METADATA_KEY:
+            clash = (
+                f"the state paths {out[name].path!r} and {path!r} both give the safetensors "
+                f"name {name!r}"
+                if name in out
+                else f"the state path {path!r} gives the name {name!r}, which the format reserves"
+            )
+            raise CheckpointError(
+                f"{what}: {clash}. Fix: rename the dict key (string keys must not look like "
+                "integers, contain dots, or be '__metadata__'), or leave it out with a filter."
+            )
+        out[name] = _Leaf(name, path, value)
+    return out
+
+
+def _describe(shape: tuple[int, ...], dtype: np.dtype) -> str:
+    return f"{dtype.name}{list(shape)}"
+
+
+# -- writing ------------------------------------------------------------------------------
+def save_safetensors(
+    path: str | os.PathLike,
+    node: Any,
+    /,
+    *filters: Filter,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Writes the arrays of `node` to a safetensors file at `path`, atomically.
+
+    The file is written to a temporary file beside `path` and renamed over it at the end, so
+    an interrupted save never leaves a partial file under the final name.
+
+    Args:
+      path: the file to write (its directory must exist); an existing file is replaced.
+      node: a Module or any graph node (Optimizer, ``nnx.List``...), a State, or a (nested)
+        dict of arrays.
+      *filters: save only the leaves matching any of them (as in ``nnx.state``). Default: all
+        but RNG state.
+      metadata: strings stored in the header's ``__metadata__``.
+
+    Raises:
+      CheckpointError: an unsupported dtype, an abstract value, names that collide, or
+        metadata that is not ``str -> str`` (nothing is written).
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), 'w.safetensors')
+      >>> model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.relu)
+      >>> nnx.save_safetensors(path, model)
+      >>> sorted(nnx.load_safetensors_dict(path))
+      ['layers.0.bias', 'layers.0.kernel']
+    """
+    path = os.fspath(path)
+    user_meta = _check_metadata(metadata, path)
+    leaves = _leaves(node, filters, f"save_safetensors({path!r})")
+    problems = []
+    for leaf in leaves.values():
+        if isinstance(leaf.value, jax.ShapeDtypeStruct):
+            problems.append(f"{leaf.name}: abstract ({leaf.value}), it has no data")
+        elif leaf.dtype not in _DTYPE_CODES:
+            problems.append(f"{leaf.name}: dtype {leaf.dtype.name} has no safetensors code")
+    if problems:
+        raise CheckpointError(
+            f"save_safetensors({path!r}) cannot store {len(problems)} leaves; nothing was "
+            "written:\n"
+            + short_list(problems, limit=len(problems))
+            + f"\nsafetensors stores the dtypes {_SUPPORTED}. Fix: cast those values, load or "
+            "initialise abstract models first, or leave the leaves out with a filter, e.g. "
+            "nnx.save_safetensors(path, model, nnx.Param)."
+        )
+    # Largest element size first: every tensor then starts at a multiple of its element size.
+    order = sorted(leaves.values(), key=lambda leaf: (-leaf.dtype.itemsize, leaf.name))
+    header: dict[str, Any] = {}
+    keys = {leaf.name: leaf.impl for leaf in order if leaf.impl is not None}
+    if keys:
+        user_meta[_PRNG_KEYS] = json.dumps(keys, sort_keys=True)
+    if user_meta:
+        header[_METADATA_KEY] = user_meta
+    offset = 0
+    for leaf in order:
+        size = math.prod(leaf.shape) * leaf.dtype.itemsize
+        header[leaf.name] = {
+            "dtype": _DTYPE_CODES[leaf.dtype],
+            "shape": list(leaf.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    _write_atomically(path, encoded, order)
+
+
+def _check_metadata(metadata: Mapping[str, str] | None, path: str) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    bad = [
+        f"{k!r}: {v!r}"
+        for k, v in metadata.items()
+        if not isinstance(k, str) or not isinstance(v, str) or k == _PRNG_KEYS
+    ]
+    if bad:
+        raise CheckpointError(
+            f"save_safetensors({path!r}): metadata must map str to str (and {_PRNG_KEYS!r} "
+            "is nnx's own entry); these entries do not:\n"
+            + short_list(bad)
+            + "\nFix: convert the values, e.g. metadata={'step': str(step)}, or json.dumps "
+            "structured data."
+        )
+    return dict(metadata)
+
+
+def _host_bytes(leaf: _Leaf) -> np.ndarray:
+    """The tensor's bytes as stored (little-endian, C order), as a flat uint8 array."""
+    value = leaf.value
+    if leaf.impl is not None:
+        value = jax.random.key_data(value)
+    array = np.ascontiguousarray(np.asarray(value, dtype=leaf.dtype))
+    if sys.byteorder == "big":
+        array = array.byteswap()
+    return array.reshape(-1).view(np.uint8)
+
+
+def _write_atomically(path: str, header: bytes, order: list[_Leaf]) -> None:
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open (not tempfile) so the file gets the umask's usual permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(header).to_bytes(8, "little"))
+            f.write(header)
+            for leaf in order:
+                f.write(_host_bytes(leaf))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# -- reading ------------------------------------------------------------------------------
+class _Entry:
+    __slots__ = ("begin", "dtype", "name", "shape")
+
+    def __init__(self, name: str, dtype: np.dtype, shape: tuple[int, ...], begin: int):
+        self.name, self.dtype, self.shape, self.begin = name, dtype, shape, begin
+
+
+class _File:
+    """A validated safetensors header: entries by name, metadata, where the data starts."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(8)
+                if len(head) < 8:
+                    self._bad(f"it is {size} bytes long, shorter than the 8-byte header length")
+                n = int.from_bytes(head, "little")
+                if n > _MAX_HEADER:
+                    self._bad(f"its header claims {n} bytes, over the {_MAX_HEADER}-byte limit")
+                if 8 + n > size:
+                    self._bad(f"its header claims {n} bytes but the file has {size - 8} after it")
+                raw = f.read(n)
+        except OSError as err:
+            raise CheckpointError(f"Cannot read safetensors file {path!r}: {err}") from err
+        self.data_start = 8 + n
+        self.entries, self.metadata = self._parse(raw, size - 8 - n)
+
+    def _bad(self, why: str) -> None:
+        raise CheckpointError(
+            f"{self.path!r} is not a valid safetensors file: {why}. Fix: check the path, or "
+            "write the file again (it may be truncated or not a safetensors file)."
+        )
+
+    def _parse(self, raw: bytes, data_size: int) -> tuple[dict[str, _Entry], dict[str, str]]:
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            out = dict(items)
+            if len(out) != len(items):
+                repeated = sorted({k for k, _ in items if [j for j, _ in items].count(k) > 1})
+                self._bad(f"its header repeats the names {repeated}")
+            return out
+
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
+        except (UnicodeDecodeError, ValueError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            self._bad(f"its header is not UTF-8 JSON ({err})")
+        if not isinstance(header, dict):
+            self._bad(f"its header is a JSON {type(header).__name__}, not an object")
+        metadata = header.pop(_METADATA_KEY, None)
+        metadata = {} if metadata is None else metadata
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            self._bad("its __metadata__ is not a mapping of strings to strings")
+        entries: dict[str, _Entry] = {}
+        spans: list[tuple[int, int, str]] = []
+        for name, info in header.items():
+            if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+                self._bad(f"tensor {name!r} is not {{dtype, shape, data_offsets}}: {info!r}")
+            code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+            if code not in _CODES:
+                self._bad(
+                    f"tensor {name!r} has dtype {code!r}; nnx reads {_SUPPORTED}"
+                    if isinstance(code, str)
+                    else f"tensor {name!r} has dtype {code!r}"
+                )
+            if not _int_list(shape) or any(d < 0 for d in shape):
+                self._bad(f"tensor {name!r} has the shape {shape!r}")
+            if not _int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
+                self._bad(f"tensor {name!r} has the data_offsets {offsets!r}")
+            dtype = _CODES[code]
+            begin, end = offsets
+            if end - begin != math.prod(shape) * dtype.itemsize:
+                self._bad(
+                    f"tensor {name!r} ({code}{shape}) needs "
+                    f"{math.prod(shape) * dtype.itemsize} bytes but its data_offsets "
+                    f"{offsets} span {end - begin}"
+                )
+            entries[name] = _Entry(name, dtype, tuple(shape), begin)
+            spans.append((begin, end, name))
+        position = 0
+        for begin, end, name in sorted(spans):
+            if begin != position:
+                self._bad(
+                    f"tensor {name!r} starts at byte {begin} of the data, expected {position} "
+                    "(tensors must be contiguous, without gaps or overlaps)"
+                )
+            position = end
+        if position != data_size:
+            self._bad(
+                f"the tensors end at byte {position} of the data but {data_size} bytes follow "
+                "the header"
+                + (" (offsets out of range: truncated file?)" if position > data_size else "")
+            )
+        return entries, metadata
+
+    def read(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The named tensors as numpy arrays (fresh, writable, native byte order)."""
+        out: dict[str, np.ndarray] = {}
+        with open(self.path, "rb") as f:
+            for name in names:
+                entry = self.entries[name]
+                buffer = np.empty(math.prod(entry.shape) * entry.dtype.itemsize, np.uint8)
+                f.seek(self.data_start + entry.begin)
+                if f.readinto(memoryview(buffer)) != buffer.size:
+                    self._bad(f"tensor {name!r} is cut short (the file changed while reading?)")
+                if entry.dtype == np.bool_:  # any non-zero byte is True
+                    array = (buffer != 0).reshape(entry.shape)  # an array even when 0-d
+                else:
+                    array = buffer.view(entry.dtype).reshape(entry.shape)
+                    if sys.byteorder == "big":
+                        array = array.byteswap()
+                out[name] = array
+        return out
+
+
+def _int_list(x: Any) -> bool:
+    return isinstance(x, list) and all(type(i) is int for i in x)
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (empty if it has none); reads the header only.
+
+    Raises:
+      CheckpointError: the file is missing or not a valid safetensors file.
+    """
+    return dict(_File(os.fspath(path)).metadata)
+
+
+def load_safetensors_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file, as ``{name: np.ndarray}`` (sorted by name).
+
+    For files that do not match a model as is: rename, slice or convert the arrays, then
+    write them into the model yourself, or save them again with :func:`save_safetensors`.
+
+    Raises:
+      CheckpointError: the file is missing or not a valid safetensors file.
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), 'd.safetensors')
+      >>> nnx.save_safetensors(path, {'a': {'b': np.arange(3, dtype=np.int8)}})
+      >>> nnx.load_safetensors_dict(path)
+      {'a.b': array([0, 1, 2], dtype=int8)}
+    """
+    file = _File(os.fspath(path))
+    return file.read(sorted(file.entries))
+
+
+def load_safetensors(
+    path: str | os.PathLike,
+    node: Any,
+    /,
+    *filters: Filter,
+    strict: bool = True,
+) -> dict[str, str]:
+    """Loads a safetensors file into `node`, in place, after checking that it fits.
+
+    Args:
+      path: the file to read.
+      node: a Module or any graph node; abstract models (``nnx.eval_shape``) get real arrays.
+        RNG state is not in weights files: give an abstract model's Rngs keys with
+        ``nnx.reseed(model, dropout=0)``.
+      *filters: load only the leaves matching any of them (as in ``nnx.state``). Default: all
+        but RNG state, as :func:`save_safetensors` saves.
+      strict: with False, names on one side only are ignored and the tensors both have are
+        loaded (their shapes and dtypes must still agree).
+
+    Returns:
+      The file's ``__metadata__`` (an empty dict if it has none).
+
+    Raises:
+      CheckpointError: the file is missing or not a valid safetensors file, or (strict=False)
+        it has no name in common with the model.
+      CheckpointMismatchError: missing or unexpected names (strict=True), or shape or dtype
+        differences; all are listed, and the model is left untouched.
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), 'w.safetensors')
+      >>> nnx.save_safetensors(path, nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+      >>> no_bias = nnx.Linear(2, 3, use_bias=False, rngs=nnx.Rngs(1))
+      >>> nnx.load_safetensors(path, no_bias, strict=False)
+      {}
+      >>> abstract = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(2)))
+      >>> _ = nnx.load_safetensors(path, abstract)
+      >>> type(abstract.kernel.value).__name__
+      'ArrayImpl'
+    """
+    path = os.fspath(path)
+    file = _File(path)
+    where = f"load_safetensors({path!r})"
+    targets = _leaves(node, filters, where)
+    problems: list[str] = []
+    unselected: set[str] | None = None
+    for name in sorted(set(targets) | set(file.entries)):
+        target, entry = targets.get(name), file.entries.get(name)
+        if entry is None:
+            if strict:
+                assert target is not None
+                problems.append(
+                    f"{name}: missing from the file (the model has "
+                    f"{_describe(target.shape, target.dtype)})"
+                )
+        elif target is None:
+            if strict:
+                where_not = "not in the model"
+                if unselected is None:
+                    unselected = _unselected(node, targets)
+                if name in unselected:
+                    where_not = "not selected by the filters" + (
+                        "" if filters else " (by default RNG state is not loaded; pass ...)"
+                    )
+                problems.append(
+                    f"{name}: in the file ({_describe(entry.shape, entry.dtype)}), {where_not}"
+                )
+        elif (entry.shape, entry.dtype) != (target.shape, target.dtype):
+            problems.append(
+                f"{name}: file {_describe(entry.shape, entry.dtype)}, model "
+                f"{_describe(target.shape, target.dtype)}"
+            )
+    problems += _key_impl_problems(file, targets)
+    if problems:
+        raise CheckpointMismatchError(
+            f"{where} does not fit {type(node).__name__}; nothing was loaded. "
+            f"{len(problems)} differences:\n"
+            + short_list(problems, limit=len(problems))
+            + "\nFix: one of\n"
+            "  1. build the model with the configuration the file was saved with;\n"
+            "  2. load the tensors both have: nnx.load_safetensors(path, model, strict=False),"
+            " leaving out those whose shape or dtype differs with a filter, e.g. "
+            "nnx.Not(nnx.PathContains('head'));\n"
+            "  3. read the raw arrays with nnx.load_safetensors_dict(path) and convert them."
+        )
+    common = sorted(set(targets) & set(file.entries))
+    if not common and targets and file.entries:
+        raise CheckpointError(
+            f"{where}: the file and {type(node).__name__} have no tensor name in common "
+            f"(file: {sorted(file.entries)[:3]}..., model: {sorted(targets)[:3]}...), so "
+            "nothing would be loaded. Fix: check the names with nnx.load_safetensors_dict; "
+            "a prefix may differ."
+        )
+    arrays = file.read(common)
+    updates = [(targets[name].path, _to_target(targets[name], arrays[name])) for name in common]
+    _update(node, from_flat_state(updates))
+    return dict(file.metadata)
+
+
+def _unselected(node: Any, targets: Mapping[str, _Leaf]) -> set[str]:
+    """The names the model has but the filters leave out (for error messages)."""
+    try:
+        return set(_leaves(node, (...,), "")) - set(targets)
+    except CheckpointError:
+        return set()
+
+
+def _key_impl_problems(file: _File, targets: Mapping[str, _Leaf]) -> list[str]:
+    try:
+        saved = json.loads(file.metadata.get(_PRNG_KEYS, "{}"))
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict):
+        return [f"__metadata__[{_PRNG_KEYS!r}] is not a JSON object of key implementations"]
+    problems = []
+    for name, impl in sorted(saved.items()):
+        target = targets.get(name)
+        if target is not None and name in file.entries and impl != target.impl:
+            expected = target.impl or f"a plain {target.dtype.name} array"
+            problems.append(f"{name}: file has PRNG keys of {impl}, model {expected}")
+    return problems
+
+
+def _to_target(target: _Leaf, array: np.ndarray) -> Any:
+    """The loaded array in the target's kind: key, jax array (with its sharding), numpy array
+    or Python number."""
+    value = target.value
+    if target.impl is not None:
+        return jax.random.wrap_key_data(jnp.asarray(array), impl=target.impl)
+    if isinstance(value, np.ndarray | np.generic):
+        return array if isinstance(value, np.ndarray) else array[()]
+    if isinstance(value, bool | int | float):
+        return type(value)(array.item())
+    sharding = getattr(value, "sharding", None)
+    return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
