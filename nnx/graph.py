@@ -213,6 +213,7 @@ class _Flat:
     and reuse it (the identity objects and their stamps)."""
 
     __slots__ = (
+        "__weakref__",  # nnx.jit's last-call memo refers to its flatten weakly
         "clock",
         "extra",
         "graphdef",

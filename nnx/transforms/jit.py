@@ -27,10 +27,12 @@ Example:
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import numpy as np
 
 from ..errors import TransformError
 from ..graph import _flatten_full, _write_slot
@@ -112,6 +114,7 @@ class JitWrapped:
         self._per_spec = in_shardings is not _UNSPECIFIED or out_shardings is not _UNSPECIFIED
         self._jitted = None if self._per_spec else jax.jit(self._inner, **self._jit_kwargs)
         self._jitted_by_spec: dict[CallSpec, Any] = {}
+        self._memo: _LastCall | None = None
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -198,9 +201,18 @@ class JitWrapped:
         return s  # one sharding (or None) for every leaf: a pytree prefix
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        memo = self._memo
+        if memo is not None and not kwargs:
+            hit = memo.replay(args)
+            if hit is not None:
+                flat, new_args = hit
+                out, values, info = self._jitted(memo.spec, *new_args)
+                return apply(flat, out, values, info, cache=True)
         spec, flat, new_args, new_kwargs = self._split(args, kwargs)
         jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
         out, values, info = jitted(spec, *new_args, **new_kwargs)
+        if not kwargs and self._jitted is not None:
+            self._memo = _LastCall.make(spec, flat, args, self._static)
         return apply(flat, out, values, info, cache=True)
 
     # -- introspection ------------------------------------------------------------------
@@ -220,6 +232,74 @@ class JitWrapped:
         jitted = self._get_jitted(spec, flat, args)
         out, values, info = jitted.eval_shape(spec, *new_args, **new_kwargs)
         return apply(flat, out, values, info, write=False)
+
+
+_PLAIN_EXACT = frozenset(
+    {type(jax.numpy.zeros(())), np.ndarray, int, float, bool, complex, str, type(None)}
+)
+
+
+class _LastCall:
+    """The graph arguments of the last call, to skip the argument scan and the cache lookup
+    when the next call passes the same objects (a training loop): valid while the flatten is
+    (no structural change since), its roots sit at the same positions, and no other
+    argument holds graph objects. Refers to the flatten weakly: never keeps a model alive."""
+
+    __slots__ = ("flat_ref", "nargs", "others", "positions", "roots", "spec")
+
+    @staticmethod
+    def make(spec: CallSpec, flat: Any, args: tuple, static: frozenset[int]) -> _LastCall | None:
+        positions = spec.positions
+        nodes = flat.nodes
+        roots = []
+        for p in positions:
+            arg = args[p]
+            index = next((i for i, n in enumerate(nodes) if n is arg), None)
+            if index is None:  # a pytree of graph objects, not one graph object
+                return None
+            roots.append(index)
+        memo = _LastCall()
+        memo.flat_ref = weakref.ref(flat)
+        memo.spec = spec
+        memo.nargs = len(args)
+        memo.positions = positions
+        memo.roots = tuple(roots)
+        memo.others = tuple(i for i in range(len(args)) if i not in static and i not in positions)
+        return memo
+
+    def replay(self, args: tuple) -> tuple[Any, list] | None:
+        """(flatten, the arguments for the compiled call) if this call fits, else None."""
+        if len(args) != self.nargs:
+            return None
+        flat = self.flat_ref()
+        if flat is None:
+            return None
+        nodes = flat.nodes
+        for p, i in zip(self.positions, self.roots, strict=True):
+            if args[p] is not nodes[i]:
+                return None
+        for i in self.others:
+            a = args[i]
+            if type(a) not in _PLAIN_EXACT and contains_graph(a):
+                return None
+        if not flat.valid():
+            return None
+        if flat.has_raw:
+            flat.refresh_raw_leaves()
+            values = [
+                leaf._value if slot is None else leaf
+                for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
+            ]
+        else:
+            values = [leaf._value for leaf in flat.leaves]
+        new_args = list(args)
+        slices = self.spec.slices
+        if len(slices) == 1:
+            new_args[self.positions[0]] = values
+        else:
+            for p, (a, b) in zip(self.positions, slices, strict=True):
+                new_args[p] = values[a:b]
+        return flat, new_args
 
 
 def _is_sharding_leaf(s: Any) -> bool:
