@@ -27,8 +27,9 @@ from typing import Any
 
 import jax
 
-from ..errors import TransformError
+from ..errors import TransformError, format_path, short_list
 from ..filters import Filter, to_predicate
+from ..graph import _flatten_full
 from ..state import State, from_flat_state
 from ..variables import Param, Variable
 from ._lift import (
@@ -353,7 +354,8 @@ class custom_vjp:
     ``fwd(*args) -> (out, residuals)`` and ``bwd(residuals, g) -> cotangents`` follow
     ``jax.custom_vjp``, except that the cotangent for a graph argument is a State of its
     ``nnx.Param``s (shaped like ``nnx.state(arg, nnx.Param)``). Graph arguments are
-    read-only inside `f`.
+    read-only inside `f` and `fwd`: assigning to one of their Variables raises a
+    ``TransformError`` naming it (a custom_vjp cannot carry state changes out).
 
     Example:
       >>> class Lin(nnx.Module):
@@ -392,23 +394,24 @@ class custom_vjp:
         graph_pos = list(spec.positions)
         fun, fwd, bwd = self.fun, self.fwd, self.bwd
 
-        def rebuild_args(inputs: Sequence[Any]) -> list:
+        def run(f: Callable, inputs: Sequence[Any]) -> Any:
             vals = list(values)
             for k, p in enumerate(graph_pos):
                 for i, v in zip(groups[k], inputs[p], strict=True):
                     vals[i] = v
-            roots, _ = rebuild(spec, vals)
-            new_args, _ = replace_graph_args(list(inputs), {}, spec, roots)
-            return new_args
+            with Frame():
+                roots, _ = rebuild(spec, vals)
+                new_args, _ = replace_graph_args(list(inputs), {}, spec, roots)
+                out = f(*new_args)
+                _check_read_only(spec, roots, vals, f)
+            return out
 
         @jax.custom_vjp
         def pure(*inputs: Any) -> Any:
-            with Frame():
-                return fun(*rebuild_args(inputs))
+            return run(fun, inputs)
 
         def pure_fwd(*inputs: Any) -> Any:
-            with Frame():
-                return fwd(*rebuild_args(inputs))
+            return run(fwd, inputs)
 
         def pure_bwd(res: Any, g: Any) -> tuple:
             cts = bwd(res, g)
@@ -432,6 +435,33 @@ class custom_vjp:
             for p, a in enumerate(args)
         ]
         return pure(*inputs)
+
+
+def _check_read_only(spec: Any, roots: tuple, values: list, f: Callable) -> None:
+    """custom_vjp cannot carry state out of its function: refuse a change instead of
+    silently dropping it (the caller's objects are untouched)."""
+    post = _flatten_full(tuple(roots))
+    name = getattr(f, "__name__", "the function")
+    if post.graphdef != spec.graphdef:
+        raise TransformError(
+            f"nnx.custom_vjp: {name} changed the structure of a graph argument (added, removed "
+            "or replaced an attribute or Variable); graph arguments are read-only inside a "
+            "custom_vjp function, so the change would be lost.\n"
+            "Fix: make the change before calling it, or return new values as outputs."
+        )
+    changed = [
+        format_path(spec.paths[i], root=f"argument {spec.positions[spec.root_of[i]]}")
+        for i, leaf in enumerate(post.leaves)
+        if (leaf._value if isinstance(leaf, Variable) else leaf) is not values[i]
+    ]
+    if changed:
+        raise TransformError(
+            f"nnx.custom_vjp: {name} assigned to {len(changed)} Variable(s) of its graph "
+            f"arguments:\n{short_list(changed)}\nGraph arguments are read-only inside a "
+            "custom_vjp function (and its fwd rule), so the change would be lost.\n"
+            "Fix: return the new values as part of the output and assign them outside, or "
+            "update the state outside the custom_vjp function."
+        )
 
 
 def _value_or_zero(leaf: Any, like: Any) -> Any:

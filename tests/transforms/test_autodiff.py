@@ -356,12 +356,7 @@ def test_custom_vjp_without_rule_raises():
         f(jnp.array(1.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nnx.custom_vjp silently discards state changed inside the function (its graph "
-    "arguments are documented read-only, but mutating one neither writes back nor raises).",
-)
-def test_custom_vjp_state_change_is_written_back_or_rejected():
+def test_custom_vjp_state_change_is_rejected_and_nothing_is_lost():
     class M(nnx.Module):
         def __init__(self):
             self.w = nnx.Param(jnp.array(2.0))
@@ -374,11 +369,31 @@ def test_custom_vjp_state_change_is_written_back_or_rejected():
 
     f.defvjp(lambda m, x: (f(m, x), x), lambda res, g: (nnx.State({"w": nnx.Param(g)}), g))
     m = M()
-    try:
+    with pytest.raises(
+        nnx.errors.TransformError, match=r"(?s)f assigned to 1 Variable.*calls.*Fix"
+    ):
         f(m, jnp.array(3.0))
-    except nnx.errors.NNXError:
-        return  # rejected loudly: fine
-    assert int(m.calls.value) == 1
+    assert int(m.calls.value) == 0
+    with pytest.raises(nnx.errors.TransformError, match="read-only"):
+        nnx.grad(lambda m, x: f(m, x))(m, jnp.array(3.0))
+    assert int(m.calls.value) == 0 and float(m.w.value) == 2.0
+
+
+def test_custom_vjp_structural_change_is_rejected():
+    class M(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.array(2.0))
+
+    @nnx.custom_vjp
+    def f(m, x):
+        m.extra = nnx.Param(x)
+        return m.w.value * x
+
+    f.defvjp(lambda m, x: (f(m, x), x), lambda res, g: (nnx.State({"w": nnx.Param(g)}), g))
+    m = M()
+    with pytest.raises(nnx.errors.TransformError, match="changed the structure"):
+        f(m, jnp.array(3.0))
+    assert not hasattr(m, "extra")
 
 
 # -- remat ----------------------------------------------------------------------------------
