@@ -164,19 +164,3 @@ def test_merge_with_something_that_is_not_a_graphdef():
     _, state = nnx.split(Model())
     with pytest.raises(errors.MergeError, match="expects a GraphDef first"):
         nnx.merge(state, state)
-
-
-def test_every_error_is_an_nnx_error():
-    for cls in (
-        errors.FilterError,
-        errors.UpdateError,
-        errors.MergeError,
-        errors.GraphDefMismatchError,
-        errors.StaticAttributeError,
-        errors.RngStreamError,
-        errors.TraceContextError,
-        errors.TransformError,
-        errors.ShapeError,
-        errors.ConfigError,
-    ):
-        assert issubclass(cls, errors.NNXError)
