@@ -36,6 +36,7 @@ from .graph import state as state
 from .graph import unflatten as unflatten
 from .graph import update as update
 from .module import Module as Module
+from .module import iter_modules as iter_modules
 from .nn import dtypes as _dtypes  # noqa: F401
 from .nn import initializers as initializers
 from .nn.activations import celu as celu

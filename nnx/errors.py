@@ -12,8 +12,11 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 __all__ = [
+    "ArgumentError",
+    "AttributeNotFoundError",
     "FilterError",
     "GraphDefMismatchError",
+    "KeyNotFoundError",
     "MergeError",
     "NNXError",
     "RngStreamError",
@@ -30,6 +33,26 @@ __all__ = [
 
 class NNXError(Exception):
     """Base class of every error raised by nnx."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ArgumentError(NNXError, TypeError, ValueError):
+    """A function got an argument it cannot use (a missing filter, a seed of the wrong type, a
+    Variable type that does not fit). Both a TypeError and a ValueError, since flax.nnx raises
+    one or the other for these calls."""
+
+
+class KeyNotFoundError(NNXError, KeyError, ValueError):
+    """A key or path was looked up that is not there (a Variable's metadata, a state path).
+    Also a ValueError, which flax.nnx raises for unknown pure-dict paths."""
+
+
+class AttributeNotFoundError(NNXError, AttributeError, ValueError):
+    """An attribute was asked for that no object has (a Variable, State or Dict attribute, an
+    attribute for ``Module.set_attributes``). Also a ValueError, which flax.nnx's
+    ``set_attributes`` raises."""
 
 
 class FilterError(NNXError, ValueError):
@@ -74,9 +97,6 @@ class VariableInPlaceError(NNXError, NotImplementedError):
 
 class RngStreamError(NNXError, AttributeError, KeyError):
     """An RNG stream was requested that the Rngs object does not have."""
-
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return str(self.args[0]) if self.args else ""
 
 
 def format_path(path: Sequence[Hashable], root: str = "model") -> str:

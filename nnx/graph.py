@@ -34,6 +34,7 @@ import jax
 
 from . import _version
 from .errors import (
+    ArgumentError,
     GraphDefMismatchError,
     MergeError,
     NNXError,
@@ -196,7 +197,12 @@ class GraphDef:
 
     def __repr__(self) -> str:
         root = self.root
-        name = root[2].__name__ if root[0] == _NODE else type(root).__name__
+        if root[0] in (_NODE, _VAR):
+            name = root[2].__name__
+        elif root[0] == _TREE:
+            name = getattr(root[1].node_data()[0], "__name__", "pytree")
+        else:
+            name = {_LEAF: "array", _STATIC: "static"}.get(root[0], "ref")
         return f"GraphDef({name}, nodes={self.num_nodes}, leaves={len(self.leaf_paths)})"
 
     def apply(self, state: Mapping, *states: Mapping) -> _CallProxy:
@@ -301,7 +307,7 @@ def _flatten_full(root: Any) -> _Flat:
             for k, v in _items(value, kind):
                 child_path = (*path, k)
                 if kind == _OBJ and not value._nnx_is_data(k, v):
-                    children.append((k, _static(v, value, k, path)))
+                    children.append((k, _static(v, child_path, value)))
                 else:
                     forced = kind == _OBJ and _forced_data(value, k)
                     children.append((k, visit(v, child_path, value, k, (), forced)))
@@ -316,7 +322,14 @@ def _flatten_full(root: Any) -> _Flat:
             slots.append((owner, key, subpath))
             leaf_types.append(None)
             return (_LEAF,)
-        if force or is_data(value) or _is_pytree_with_data(value):
+        if (
+            force
+            or is_data(value)
+            or _is_pytree_with_data(value)
+            or (_unhashable(value) and not _is_pytree_leaf(value))
+        ):
+            # A pytree holding data, or an unhashable one (a plain list or dict, even an
+            # empty one) that could not be a static value: walked as structure, as flax does.
             pairs, treedef = jax.tree_util.tree_flatten_with_path(
                 value, is_leaf=lambda x: x is not value
             )
@@ -327,7 +340,7 @@ def _flatten_full(root: Any) -> _Flat:
                 k = _plain_key(keypath[0])
                 children.append((k, visit(child, (*path, k), owner, key, (*subpath, keypath[0]))))
             return (_TREE, treedef, tuple(children))
-        return _static(value, owner, key, path[:-1])
+        return _static(value, path, None if subpath else owner)
 
     root_def = visit(root, (), None, None, ())
     flat.stamps = [getattr(n, "_nnx_stamp", 0) for n in nodes]
@@ -394,17 +407,42 @@ _STATIC_FIX = (
     "  2. if it holds arrays or state, mark it as data: self.{name} = nnx.data(value);\n"
     "  3. if it is configuration you never compare, wrap it in an object that hashes by id."
 )
+_STATIC_LEAF_FIX = (
+    "It is not a pytree nnx can walk, so it would be a static value of the GraphDef, which "
+    "must be hashable. Fix, one of:\n"
+    "  1. make the value hashable (a frozen dataclass, a tuple);\n"
+    "  2. if it holds arrays or state, keep it in a Variable: nnx.Variable(value);\n"
+    "  3. register its type as a JAX pytree (jax.tree_util.register_dataclass) so nnx walks "
+    "it."
+)
 
 
-def _static(value: Any, owner: Any, key: Any, owner_path: Path) -> tuple:
+def _unhashable(value: Any) -> bool:
     try:
         hash(value)
     except TypeError:
-        where = format_path((*owner_path, key), _ROOT_NAME)
+        return True
+    return False
+
+
+def _static(value: Any, path: Path, owner: Any = None) -> tuple:
+    """The definition of a static value at `path`; `owner` is the Pytree (Module) whose
+    attribute it is, if it is one directly (it names the owner in the error)."""
+    try:
+        hash(value)
+    except TypeError:
+        where = format_path(path, _ROOT_NAME)
+        kind = type(value).__name__
+        if isinstance(owner, Pytree):
+            name = path[-1]
+            raise StaticAttributeError(
+                f"{type(owner).__name__} at {format_path(path[:-1], _ROOT_NAME)} has a static "
+                f"attribute {name!r} holding an unhashable {kind} ({where}).\n"
+                + _STATIC_FIX.format(name=name)
+            ) from None
+        owned = f" (in a {type(owner).__name__})" if owner is not None else ""
         raise StaticAttributeError(
-            f"{type(owner).__name__} at {format_path(owner_path, _ROOT_NAME)} has a static "
-            f"attribute {key!r} holding an unhashable {type(value).__name__} ({where}).\n"
-            + _STATIC_FIX.format(name=key)
+            f"The value at {where}{owned} is an unhashable {kind}. " + _STATIC_LEAF_FIX
         ) from None
     return (_STATIC, value, type(value))  # the type keeps 1 and True apart
 
@@ -455,6 +493,19 @@ def _replace_by_keyentry(value: Any, subpath: Path, new: Any) -> Any:
     return treedef.unflatten(children)
 
 
+def _mutable_parent(root: Any, subpath: Path) -> tuple | None:
+    """``(container, key entry, rest of subpath)`` for the deepest plain list or dict on the
+    way from a plain root to one of its raw leaves (a tuple below it is rebuilt on write);
+    None when there is none, e.g. for an array directly in a root tuple."""
+    found = None
+    obj = root
+    for i, entry in enumerate(subpath):
+        if type(obj) in (dict, list):
+            found = (obj, entry, subpath[i + 1 :])
+        obj = _child_by_keyentry(obj, entry)
+    return found
+
+
 def _replace_metadata(var: Variable, meta: Mapping) -> None:
     """Gives `var` exactly `meta` as metadata (keys it lacks are dropped, unlike
     ``set_metadata``, which merges): how a saved state or a transform's result rolls
@@ -463,8 +514,13 @@ def _replace_metadata(var: Variable, meta: Mapping) -> None:
     object.__setattr__(var, "_nnx_stamp", _version.bump())
 
 
-def _write_slot(slot: tuple, new: Any) -> None:
+def _write_slot(slot: tuple, new: Any, root: Any = None) -> None:
     owner, key, subpath = slot
+    if owner is None:  # a raw leaf of a plain root (a dict or list): write in that container
+        container, entry, rest = _mutable_parent(root, subpath)  # type: ignore[misc]
+        k = _plain_key(entry)
+        container[k] = _replace_by_keyentry(container[k], rest, new)
+        return
     if subpath:
         new = _replace_by_keyentry(_get_child(owner, key), subpath, new)
     _set_child(owner, key, new)
@@ -1117,6 +1173,15 @@ def update(node: Any, /, *states: Mapping) -> None:
             )
             continue
         plan.append((i, leaf))
+    if flat.has_raw:  # raw leaves of a plain root: only plain lists and dicts take writes
+        problems += [
+            f"{format_path(flat.paths[i])}: an array in a {type(node).__name__}, which "
+            "cannot change in place (hold it in a list, a dict or a Module)"
+            for i, _ in plan
+            if flat.slots[i] is not None
+            and flat.slots[i][0] is None
+            and _mutable_parent(node, flat.slots[i][2]) is None
+        ]
     if problems:
         raise UpdateError(
             f"update: the state does not fit {type(node).__name__}; nothing was changed.\n"
@@ -1135,7 +1200,7 @@ def update(node: Any, /, *states: Mapping) -> None:
                 object.__setattr__(target, "_value", leaf)
         else:
             value = leaf._value if isinstance(leaf, Variable) else leaf
-            _write_slot(flat.slots[i], value)
+            _write_slot(flat.slots[i], value, node)
             flat.leaves[i] = value
 
 
@@ -1201,7 +1266,11 @@ def pop(node: Any, /, *filters: Filter) -> Any:
       (['seen'], False)
     """
     if not filters:
-        raise TypeError("pop needs at least one filter, e.g. nnx.pop(model, nnx.Intermediate).")
+        raise ArgumentError(
+            f"nnx.pop({type(node).__name__}) got no filter: pop removes only the Variables "
+            "a filter selects (popping everything would empty the model).\nFix: name what "
+            "to remove, e.g. nnx.pop(model, nnx.Intermediate)."
+        )
     flat = _flatten_cached(node)
     pairs = [
         (p, leaf)
@@ -1304,10 +1373,33 @@ def iter_graph(node: Any, /) -> Iterator[tuple[Path, Any]]:
 
 
 def iter_children(node: Any, /) -> Iterator[tuple[Hashable, Any]]:
-    """Yields ``(key, child)`` for the direct child nodes and Variables of a node."""
+    """Yields ``(key, child)`` for the direct children of a node that are nodes themselves
+    (Modules, Rngs, Lists, Dicts) or Variables, in key order; arrays and static attributes
+    are skipped, and nothing deeper is visited (see :func:`iter_graph`).
+
+    Raises:
+      ArgumentError: `node` is not a node (a Pytree such as a Module, a List or a Dict).
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      ...     self.layers = [nnx.Module()]
+      ...     self.size = 2
+      >>> [(k, type(v).__name__) for k, v in nnx.iter_children(M())]
+      [('layers', 'List'), ('w', 'Param')]
+    """
     kind = _kind(node)
     if kind is None:
-        return
+        raise ArgumentError(
+            f"iter_children expects a node (a Module or other nnx.Pytree, an nnx.List or "
+            f"nnx.Dict), got a {type(node).__name__}.\nFix: for a plain pytree iterate it "
+            "directly, or use nnx.iter_graph(value) to walk every node inside it."
+        )
+    return _iter_children(node, kind)
+
+
+def _iter_children(node: Any, kind: int) -> Iterator[tuple[Hashable, Any]]:
     for k, v in _items(node, kind):
         if is_node(v) or isinstance(v, Variable):
             yield k, v

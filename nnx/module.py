@@ -28,12 +28,13 @@ from typing import Any
 import jax.numpy as jnp
 
 from ._repr import object_repr, value_summary
+from .errors import ArgumentError, AttributeNotFoundError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
 from .pytreelib import Pytree
 from .variables import Perturbation, Variable, variable_type_from_name
 
-__all__ = ["Module"]
+__all__ = ["Module", "iter_modules"]
 
 Path = tuple[Hashable, ...]
 
@@ -82,10 +83,11 @@ class Module(Pytree):
         elif isinstance(current, variable_type):
             current.value = reduce_fn(current.value, value)
         else:
-            raise TypeError(
-                f"{type(self).__name__}.sow({variable_type.__name__}, {name!r}, ...): the "
-                f"attribute {name!r} already holds a {type(current).__name__}, not a "
-                f"{variable_type.__name__}. Fix: sow under another name."
+            vtype = variable_type.__name__
+            raise ArgumentError(
+                _SOW_CONFLICT.format(
+                    cls=type(self).__name__, vtype=vtype, name=name, held=type(current).__name__
+                )
             )
 
     def perturb(self, name: str, value: Any, variable_type: type[Variable] = Perturbation) -> Any:
@@ -100,10 +102,9 @@ class Module(Pytree):
 
     def iter_modules(self) -> Iterator[tuple[Path, Module]]:
         """Yields ``(path, module)`` for this module and every sub-module, each once,
-        children first (this module last, with path ``()``)."""
-        for path, value in iter_graph(self):
-            if isinstance(value, Module):
-                yield path, value
+        children first (this module last, with path ``()``). Same as
+        :func:`nnx.iter_modules`, the form flax.nnx recommends."""
+        return iter_modules(self)
 
     def iter_children(self) -> Iterator[tuple[Hashable, Module]]:
         """Yields ``(name, module)`` for the direct sub-module attributes."""
@@ -132,21 +133,23 @@ class Module(Pytree):
           True
         """
         predicates = [to_predicate(f) for f in filters]
-        found: set[str] = set()
-        for path, module in self.iter_modules():
+        targets: list[tuple[Module, str]] = []
+        for path, module in iter_modules(self):
             if predicates and not any(p(path, module) for p in predicates):
                 continue
-            for name, value in attributes.items():
-                if name in module.__dict__:
-                    setattr(module, name, value)
-                    found.add(name)
-        missing = set(attributes) - found
+            targets += [(module, name) for name in attributes if name in module.__dict__]
+        missing = set(attributes) - {name for _, name in targets}
         if missing and raise_if_not_found:
-            raise AttributeError(
-                f"set_attributes: no module in this {type(self).__name__} has the "
-                f"attribute(s) {sorted(missing)}. Fix: check the spelling, or pass "
-                "raise_if_not_found=False."
+            names = ", ".join(getattr(f, "__name__", repr(f)) for f in filters)
+            selected = f" matching the filters ({names})" if filters else ""
+            raise AttributeNotFoundError(
+                f"set_attributes: no module in this {type(self).__name__}{selected} has the "
+                f"attribute(s) {sorted(missing)}, so nothing was set.\nFix: check the "
+                "spelling (an attribute is only set where a module already has it), or pass "
+                "raise_if_not_found=False to set the others."
             )
+        for module, name in targets:
+            setattr(module, name, attributes[name])
 
     def train(self, **attributes: Any) -> None:
         """Training mode: ``deterministic=False`` (Dropout) and ``use_running_average=False``
@@ -175,6 +178,42 @@ class Module(Pytree):
             return object_repr(type(self).__name__, fields)
         finally:
             active.discard(id(self))
+
+
+def iter_modules(module: Any, /) -> Iterator[tuple[Path, Module]]:
+    """Yields ``(path, module)`` for every Module in a graph, the argument included.
+
+    Each Module is reported once (at the first path it is reached by, so a shared layer
+    appears once), children before their parent; the root comes last, with path ``()``.
+    The root may be any graph (a Module, a list or dict of Modules...). Unlike flax.nnx,
+    whose ``nnx.List``/``nnx.Dict`` are Modules, nnx's List and Dict are plain containers
+    and are not reported.
+
+    Args:
+      module: the root of the graph to walk.
+
+    Example:
+      >>> class Block(nnx.Module):
+      ...   def __init__(self, rngs):
+      ...     self.linear = nnx.Linear(2, 2, rngs=rngs)
+      ...     self.dropout = nnx.Dropout(0.5)
+      >>> for path, m in nnx.iter_modules(Block(nnx.Rngs(0))):
+      ...   print(path, type(m).__name__)
+      ('dropout',) Dropout
+      ('linear',) Linear
+      () Block
+    """
+    for path, value in iter_graph(module):
+        if isinstance(value, Module):
+            yield path, value
+
+
+_SOW_CONFLICT = (
+    "{cls}.sow({vtype}, {name!r}, ...): the attribute {name!r} already holds a {held}, but "
+    "sow keeps its values in a Variable of type {vtype}, so it would overwrite that {held}.\n"
+    "Fix: sow under another name, e.g. self.sow({vtype}, '{name}_sown', value), or sow with "
+    "the type the attribute holds."
+)
 
 
 def _field_repr(value: Any) -> str:

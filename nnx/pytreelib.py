@@ -37,6 +37,7 @@ import numpy as np
 from jax.tree_util import GetAttrKey
 
 from . import _version
+from .errors import AttributeNotFoundError
 from .variables import Variable
 
 __all__ = ["Dict", "List", "Pytree", "data", "is_data", "static"]
@@ -73,15 +74,21 @@ def static(value: T, /) -> T:
     return _StaticMarker(value)  # type: ignore[return-value]
 
 
+_ARRAY_TYPES = jax.Array | np.ndarray | jax.ShapeDtypeStruct
+
+
 def is_array(value: Any) -> bool:
-    """True for JAX arrays (tracers included) and NumPy arrays."""
-    return isinstance(value, jax.Array | np.ndarray)
+    """True for array leaves: JAX arrays (tracers included), NumPy arrays, and the
+    ``jax.ShapeDtypeStruct`` that stands for an array in an abstract model (what
+    ``nnx.eval_shape`` returns), so an abstract model has its leaves where the concrete one
+    has its arrays. Mark a ShapeDtypeStruct that is configuration with ``nnx.static``."""
+    return isinstance(value, _ARRAY_TYPES)
 
 
 def is_data(value: Any) -> bool:
     """True when a value is data by default: a Variable, a Pytree or tracked container, an
-    array, or a list/dict/tuple that contains any of those."""
-    if isinstance(value, Variable | Pytree | List | Dict | jax.Array | np.ndarray):
+    array (or its abstract ShapeDtypeStruct), or a list/dict/tuple that contains any of those."""
+    if isinstance(value, Variable | Pytree | List | Dict | _ARRAY_TYPES):
         return True
     if isinstance(value, list | tuple):
         return any(is_data(v) for v in value)
@@ -319,7 +326,10 @@ class Dict(dict):
         try:
             return dict.__getitem__(self, name)
         except KeyError:
-            raise AttributeError(f"Dict has no key {name!r}; keys: {list(self)}") from None
+            raise AttributeNotFoundError(
+                f"Dict has no key {name!r}; keys: {list(self)}.\nFix: check the spelling, or "
+                f"set it first (d[{name!r}] = value)."
+            ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_nnx_"):
@@ -331,7 +341,10 @@ class Dict(dict):
         try:
             del self[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise AttributeNotFoundError(
+                f"Cannot delete Dict attribute {name!r}: the Dict has no such key; keys: "
+                f"{list(self)}."
+            ) from None
 
     def __repr__(self) -> str:
         return f"Dict({dict.__repr__(self)})"

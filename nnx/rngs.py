@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .errors import RngStreamError
+from .errors import ArgumentError, RngStreamError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
 from .pytreelib import Pytree
@@ -61,20 +62,27 @@ class RngCount(RngState):
     __slots__ = ()
 
 
-def _as_key(seed: Any) -> jax.Array:
-    if isinstance(seed, int):
-        return jax.random.key(seed)
-    seed = jnp.asarray(seed)
-    if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        return seed
-    if seed.dtype == jnp.uint32 and seed.shape[-1:] == (2,):
-        return jax.random.wrap_key_data(seed)
-    if jnp.issubdtype(seed.dtype, jnp.integer):
-        if seed.ndim == 0:
-            return jax.random.key(seed)
-        return jax.vmap(jax.random.key)(seed.reshape(-1)).reshape(seed.shape)
-    raise TypeError(
-        f"An RNG seed must be an int, an integer array, or a JAX PRNG key; got {seed!r}."
+def _as_key(given: Any, tag: str | None = None) -> jax.Array:
+    if isinstance(given, int):
+        return jax.random.key(given)
+    seed = None
+    if not isinstance(given, str | bytes):
+        with contextlib.suppress(TypeError):  # not array-like
+            seed = jnp.asarray(given)
+    if seed is not None:
+        if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            return seed
+        if seed.dtype == jnp.uint32 and seed.shape[-1:] == (2,):
+            return jax.random.wrap_key_data(seed)
+        if jnp.issubdtype(seed.dtype, jnp.integer):
+            if seed.ndim == 0:
+                return jax.random.key(seed)
+            return jax.vmap(jax.random.key)(seed.reshape(-1)).reshape(seed.shape)
+    stream = f" for stream {tag!r}" if tag else ""
+    kind = f"dtype {seed.dtype}" if seed is not None else "not an array"
+    raise ArgumentError(
+        f"An RNG seed must be an int, an integer array, or a JAX PRNG key; got {given!r}"
+        f"{stream} ({kind}).\nFix: e.g. nnx.Rngs(0), nnx.Rngs(params=jax.random.key(0))."
     )
 
 
@@ -94,7 +102,7 @@ class RngStream(Pytree):
     """
 
     def __init__(self, key: Any, *, tag: str):
-        key = _as_key(key)
+        key = _as_key(key, tag)
         self.key = RngKey(key, tag=tag)
         self.count = RngCount(jnp.zeros(key.shape, jnp.uint32), tag=tag)
         self.tag = tag

@@ -24,7 +24,13 @@ import jax
 from jax.tree_util import DictKey
 
 from ._repr import object_repr, value_summary
-from .errors import FilterError, format_path, short_list
+from .errors import (
+    AttributeNotFoundError,
+    FilterError,
+    KeyNotFoundError,
+    format_path,
+    short_list,
+)
 from .filters import Filter, filters_to_predicates
 from .variables import Variable
 
@@ -104,8 +110,9 @@ class State(MutableMapping):
         try:
             return self._mapping[name]
         except KeyError:
-            raise AttributeError(
-                f"State has no key {name!r}; keys: {sorted(self._mapping, key=_sort_key)}"
+            raise AttributeNotFoundError(
+                f"State has no key {name!r}; keys: {sorted(self._mapping, key=_sort_key)}.\n"
+                f"Fix: check the spelling; read keys that are not identifiers as state[key]."
             ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -438,14 +445,15 @@ def replace_by_pure_dict(
     Every path of `pure_dict` must exist in `state`; nothing is written if one does not.
 
     Raises:
-      KeyError: a path of `pure_dict` is not in `state` (listing all such paths).
+      KeyNotFoundError: a path of `pure_dict` is not in `state` (all such paths are listed).
+        Also a KeyError, and a ValueError as flax.nnx raises.
     """
     pure = restore_int_paths(pure_dict, state)
     targets = dict(_flat_pairs(state))
     updates = _flat_pairs(pure)
     missing = [p for p, _ in updates if p not in targets]
     if missing:
-        raise KeyError(
+        raise KeyNotFoundError(
             "replace_by_pure_dict got paths that are not in the state:\n"
             + short_list([format_path(p, "state") for p in missing])
             + "\nFix: build the pure dict from this state's structure "

@@ -30,6 +30,7 @@ from jax.tree_util import GetAttrKey
 
 from . import _version
 from ._repr import object_repr, value_summary
+from .errors import ArgumentError, AttributeNotFoundError, KeyNotFoundError
 
 __all__ = [
     "BatchStat",
@@ -219,12 +220,22 @@ def _unary(fn):
 class Variable(Generic[A]):
     """A mutable container for one piece of model state, with metadata.
 
+    A Variable reads like its value: arithmetic, comparisons and array attributes act on the
+    value. That includes equality, as in flax.nnx: ``v == x`` and ``v != x`` compare values
+    elementwise (an array for an array value), so test whether two names hold the same
+    Variable with ``is``, and avoid ``in``, ``list.index`` and ``list.remove`` on lists of
+    Variables (they call ``==``). Unlike flax.nnx, Variables stay hashable, by identity:
+    they can key dicts and go in sets (``v in {v}`` is identity-based).
+
     Args:
       value: the initial value: an array, a scalar, or any pytree.
       **metadata: free-form metadata (e.g. ``sharding_names=('in', 'out')``), readable as
         attributes (``v.sharding_names``) and through :meth:`get_metadata`.
 
     Example:
+      >>> w = nnx.Param(jnp.array([1.0, 2.0]))
+      >>> (w == 1.0).tolist(), len({w: 'first'})
+      ([True, False], 1)
       >>> v = nnx.Variable(jnp.zeros(3), note='counter')
       >>> v.value = v.value + 1
       >>> v.get_metadata()
@@ -305,17 +316,21 @@ class Variable(Generic[A]):
 
         Args:
           name: the entry to read; all metadata when omitted.
-          default: returned when `name` is absent; without it, a missing name raises KeyError.
+          default: returned when `name` is absent.
+
+        Raises:
+          KeyNotFoundError: `name` is absent and no default was given (also a KeyError).
         """
         if name is None:
             return dict(self._meta)
         if name in self._meta:
             return self._meta[name]
         if default is _MISSING:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"{type(self).__name__} has no metadata {name!r}; it has "
-                f"{sorted(self._meta) or 'none'}. Fix: pass a default, "
-                f"v.get_metadata({name!r}, None)."
+                f"{sorted(self._meta) or 'none'}.\nFix: pass a default, "
+                f"v.get_metadata({name!r}, None), or set it first, "
+                f"v.set_metadata({name!r}, value)."
             )
         return default
 
@@ -327,9 +342,11 @@ class Variable(Generic[A]):
         elif len(args) == 2 and isinstance(args[0], str):
             updates = {args[0]: args[1]}
         elif args:
-            raise TypeError(
-                "set_metadata takes a mapping, a (name, value) pair, or keyword arguments; "
-                f"got positional arguments {args!r}."
+            raise ArgumentError(
+                f"{type(self).__name__}.set_metadata takes a mapping, a (name, value) pair, or "
+                f"keyword arguments; got positional arguments {args!r}.\nFix: "
+                "v.set_metadata(name=value), v.set_metadata('name', value) or "
+                "v.set_metadata({'name': value})."
             )
         else:
             updates = {}
@@ -340,8 +357,18 @@ class Variable(Generic[A]):
         object.__setattr__(self, "_nnx_stamp", _version.bump())
 
     def del_metadata(self, name: str) -> None:
-        """Removes one metadata entry."""
+        """Removes one metadata entry.
+
+        Raises:
+          KeyNotFoundError: the Variable has no metadata `name` (also a KeyError).
+        """
         meta = dict(self._meta)
+        if name not in meta:
+            raise KeyNotFoundError(
+                f"{type(self).__name__}.del_metadata({name!r}): it has no such metadata; it "
+                f"has {sorted(meta) or 'none'}.\nFix: check the name first, "
+                f"`if {name!r} in v.get_metadata(): v.del_metadata({name!r})`."
+            )
         del meta[name]
         object.__setattr__(self, "_meta", _Meta(meta))
         object.__setattr__(self, "_nnx_stamp", _version.bump())
@@ -402,9 +429,10 @@ class Variable(Generic[A]):
         try:
             return getattr(value, name)
         except AttributeError:
-            raise AttributeError(
+            raise AttributeNotFoundError(
                 f"{type(self).__name__} has no attribute or metadata {name!r}, and its value "
-                f"({type(value).__name__}) has no such attribute either."
+                f"({type(value).__name__}) has no such attribute either.\nFix: check the "
+                f"spelling, or set it as metadata first, v.set_metadata({name!r}, value)."
             ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -480,6 +508,11 @@ class Variable(Generic[A]):
     __le__ = _binary("__le__")
     __gt__ = _binary("__gt__")
     __ge__ = _binary("__ge__")
+    # Elementwise, as in flax.nnx: `v == x` compares the values (an array for an array
+    # value). Hashing stays by identity, so Variables still key dicts and sets.
+    __eq__ = _binary("__eq__")  # type: ignore[assignment]
+    __ne__ = _binary("__ne__")  # type: ignore[assignment]
+    __hash__ = object.__hash__
     __iadd__ = _inplace("+")
     __isub__ = _inplace("-")
     __imul__ = _inplace("*")
@@ -531,6 +564,7 @@ _set_value = Variable.__dict__["_value"].__set__
 _set_meta = Variable.__dict__["_meta"].__set__
 _set_stamp = Variable.__dict__["_nnx_stamp"].__set__
 
+
 class Param(Variable[A]):
     """A trainable parameter. ``nnx.Optimizer`` and ``nnx.grad`` act on Params by default."""
 
@@ -568,9 +602,10 @@ _TYPE_TO_NAME: dict[type[Variable], str] = {}
 def register_variable_name(name: str, typ: type[Variable], *, overwrite: bool = False) -> None:
     """Associates a collection name (as flax linen used: 'params') with a Variable type."""
     if not overwrite and name in _NAME_TO_TYPE and _NAME_TO_TYPE[name] is not typ:
-        raise ValueError(
-            f"Collection name {name!r} is already registered for "
-            f"{_NAME_TO_TYPE[name].__name__}; pass overwrite=True to replace it."
+        raise ArgumentError(
+            f"register_variable_name: the collection name {name!r} is already registered for "
+            f"{_NAME_TO_TYPE[name].__name__}, so it cannot name {typ.__name__} too.\nFix: "
+            f"pick another name, or pass overwrite=True to replace it."
         )
     _NAME_TO_TYPE[name] = typ
     _TYPE_TO_NAME[typ] = name
@@ -580,9 +615,10 @@ def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[
     """The Variable type registered for a collection name."""
     if name not in _NAME_TO_TYPE:
         if not allow_register:
-            raise ValueError(
+            raise ArgumentError(
                 f"No Variable type is registered for collection {name!r}; known: "
-                f"{sorted(_NAME_TO_TYPE)}. Fix: nnx.register_variable_name({name!r}, MyType)."
+                f"{sorted(_NAME_TO_TYPE)}.\nFix: nnx.register_variable_name({name!r}, MyType), "
+                "or pass allow_register=True to create a Variable type for it."
             )
         typ = type(name, (Variable,), {"__slots__": ()})
         register_variable_name(name, typ)
@@ -595,7 +631,11 @@ def variable_name_from_type(typ: type[Variable], *, allow_register: bool = False
         if base in _TYPE_TO_NAME:
             return _TYPE_TO_NAME[base]
     if not allow_register:
-        raise ValueError(f"No collection name is registered for {typ.__name__}.")
+        raise ArgumentError(
+            f"No collection name is registered for {typ.__name__} (nor for its bases).\nFix: "
+            f"nnx.register_variable_name('my_name', {typ.__name__}), or pass "
+            "allow_register=True to register its lower-cased class name."
+        )
     name = typ.__name__.lower()
     register_variable_name(name, typ)
     return name

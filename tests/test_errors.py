@@ -60,6 +60,9 @@ def assert_same_values(a, b):
 
 
 ALL_ERRORS = [
+    errors.ArgumentError,
+    errors.AttributeNotFoundError,
+    errors.KeyNotFoundError,
     errors.FilterError,
     errors.UpdateError,
     errors.MergeError,

@@ -102,10 +102,14 @@ def test_set_attributes_only_sets_existing_attributes():
 def test_set_attributes_raise_if_not_found():
     net = Net(nnx.Rngs(0))
     with pytest.raises(
-        AttributeError, match=r"no module in this Net has the attribute\(s\) \['nope'\].*Fix"
+        nnx.errors.AttributeNotFoundError,
+        match=r"(?s)no module in this Net has the attribute\(s\) \['nope'\], so nothing was "
+        r"set.*Fix.*raise_if_not_found=False",
     ):
         net.set_attributes(nope=1)
-    with pytest.raises(AttributeError, match="use_running_average"):
+    with pytest.raises(
+        AttributeError, match=r"no module in this Net matching the filters \(Dropout\) has"
+    ):
         net.set_attributes(nnx.Dropout, use_running_average=True)
     net.set_attributes(nope=1, raise_if_not_found=False)
     assert all("nope" not in m.__dict__ for _, m in net.iter_modules())
@@ -155,15 +159,54 @@ def test_sow_with_a_collection_name():
     assert list(nnx.state(m, vtype)) == ["b"]
 
 
+def test_set_attributes_error_is_an_nnx_error_flax_code_can_catch():
+    # flax.nnx raises ValueError here, nnx used to raise AttributeError: both keep working.
+    net = Net(nnx.Rngs(0))
+    for caught in (nnx.NNXError, AttributeError, ValueError):
+        with pytest.raises(caught):
+            net.set_attributes(nope=1)
+
+
+def test_set_attributes_that_fails_sets_nothing():
+    net = Net(nnx.Rngs(0))
+    before = all_flags(net)
+    with pytest.raises(AttributeError, match=r"\['nope'\]"):
+        net.set_attributes(deterministic=True, nope=1)
+    assert all_flags(net) == before
+
+
 def test_sow_into_an_attribute_of_another_type_raises():
     class M(nnx.Module):
         def __init__(self):
             self.w = nnx.Param(jnp.ones(1))
 
     m = M()
-    with pytest.raises(TypeError, match=r"'w' already holds a Param, not a Intermediate.*Fix"):
+    with pytest.raises(
+        nnx.errors.ArgumentError,
+        match=r"(?s)M\.sow\(Intermediate, 'w', \.\.\.\): the attribute 'w' already holds a "
+        r"Param, but sow keeps its values in a Variable of type Intermediate.*"
+        r"Fix: sow under another name, e.g\. self\.sow\(Intermediate, 'w_sown', value\)",
+    ):
         m.sow(nnx.Intermediate, "w", 1.0)
     np.testing.assert_array_equal(m.w.value, [1.0])
+    # TypeError (nnx before) and ValueError (flax.nnx) handlers keep catching it
+    for caught in (nnx.NNXError, TypeError, ValueError):
+        with pytest.raises(caught):
+            m.sow(nnx.Intermediate, "w", 1.0)
+
+
+def test_pop_without_filters_raises():
+    m = Sower()
+    m(1.0)
+    with pytest.raises(
+        nnx.errors.ArgumentError,
+        match=r"(?s)nnx\.pop\(Sower\) got no filter.*Fix.*nnx\.pop\(model, nnx\.Intermediate\)",
+    ):
+        nnx.pop(m)
+    for caught in (TypeError, ValueError):
+        with pytest.raises(caught):
+            nnx.pop(m)
+    assert m.h.value == (2.0,)
 
 
 def test_pop_removes_sown_values():
@@ -273,6 +316,52 @@ def test_iter_modules_on_a_cycle_terminates():
     net = Net(nnx.Rngs(0))
     net.blocks[1].parent = net
     assert len(list(net.iter_modules())) == 11
+
+
+def test_iter_modules_function_matches_the_method_and_flax_order():
+    net = Net(nnx.Rngs(0))
+    found = list(nnx.iter_modules(net))
+    assert [(p, id(m)) for p, m in found] == [(p, id(m)) for p, m in net.iter_modules()]
+    assert [p for p, _ in found] == [
+        ("blocks", 0, "bn"),
+        ("blocks", 0, "drop"),
+        ("blocks", 0, "lin"),
+        ("blocks", 0),
+        ("blocks", 1, "bn"),
+        ("blocks", 1, "drop"),
+        ("blocks", 1, "lin"),
+        ("blocks", 1),
+        ("extra", "drop"),
+        ("head",),
+        (),
+    ]
+
+
+def test_iter_modules_accepts_any_graph_root():
+    net = Net(nnx.Rngs(0))
+    found = dict(nnx.iter_modules([net.head, {"n": net}]))
+    assert found[(0,)] is net.head
+    assert found[(1, "n")] is net
+    assert (1, "n", "head") not in found  # the head was reached first at (0,)
+    assert list(nnx.iter_modules(jnp.ones(2))) == []
+
+
+def test_iter_children_of_a_list_and_a_dict():
+    net = Net(nnx.Rngs(0))
+    assert [k for k, _ in nnx.iter_children(net.blocks)] == [0, 1, 2]
+    assert [k for k, _ in nnx.iter_children(net.extra)] == ["drop"]
+    assert [k for k, _ in nnx.iter_children(net)] == ["blocks", "extra", "head"]
+
+
+@pytest.mark.parametrize("value", [(1, 2), jnp.ones(2), 3], ids=["tuple", "array", "int"])
+def test_iter_children_of_a_non_node_raises(value):
+    with pytest.raises(
+        nnx.errors.ArgumentError,
+        match=rf"(?s)iter_children expects a node .*got a {type(value).__name__}.*Fix",
+    ):
+        nnx.iter_children(value)
+    with pytest.raises(ValueError):  # what flax.nnx raises
+        nnx.iter_children(value)
 
 
 def test_iter_children():

@@ -332,6 +332,14 @@ def test_batched_seed_array():
 def test_bad_seed_raises():
     with pytest.raises(TypeError, match="An RNG seed must be"):
         nnx.Rngs(1.5)
+    # ValueError is what flax.nnx raises
+    with pytest.raises(
+        nnx.errors.ArgumentError,
+        match=r"(?s)got 1\.5 for stream 'params' \(dtype float32\).*Fix: e\.g\. nnx\.Rngs\(0\)",
+    ):
+        nnx.Rngs(params=1.5)
+    with pytest.raises(ValueError, match=r"got 'a' for stream 'default' \(not an array\)"):
+        nnx.Rngs("a")
 
 
 def test_rngs_from_an_rngstream_copies_it():

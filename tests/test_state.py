@@ -52,6 +52,8 @@ def test_attribute_and_item_access():
     assert len(s) == 3
     with pytest.raises(AttributeError, match="State has no key 'nope'"):
         _ = s.nope
+    with pytest.raises(nnx.errors.AttributeNotFoundError, match=r"(?s)'nope'.*Fix"):
+        _ = s.nope
     with pytest.raises(KeyError):
         _ = s["nope"]
 
@@ -274,6 +276,18 @@ def test_replace_by_pure_dict_unknown_path_writes_nothing():
     with pytest.raises(KeyError, match=r"(?s)state\.nope.*Fix"):
         s.replace_by_pure_dict({"head": jnp.zeros(3), "nope": jnp.zeros(1)})
     np.testing.assert_array_equal(s.head.value, [0, 1, 2])
+
+
+def test_replace_by_pure_dict_unknown_path_error_is_an_nnx_error():
+    s = make_state()
+    # KeyError as before, ValueError as flax.nnx raises, and no repr() quotes around it
+    for caught in (nnx.errors.KeyNotFoundError, KeyError, ValueError):
+        with pytest.raises(
+            caught,
+            match=r"(?s)^replace_by_pure_dict got paths that are not in the state:\n  state\.nope"
+            r".*Fix: build the pure dict from this state's structure",
+        ):
+            s.replace_by_pure_dict({"nope": jnp.zeros(1)})
 
 
 # -- pytree -------------------------------------------------------------------------------
