@@ -48,6 +48,7 @@ __all__ = [
     "collect",
     "contains_graph",
     "is_graph_arg",
+    "match_leaves",
     "rebuild",
     "split_args",
 ]
@@ -189,6 +190,29 @@ def rebuild(spec: CallSpec, values: Sequence[Any]) -> tuple[tuple[Any, ...], lis
     nodes: list[Any] = []
     roots = _build(spec.graphdef, list(values), False, metas=list(spec.metas), nodes_out=nodes)
     return roots, nodes
+
+
+def match_leaves(spec: CallSpec, nodes: list[Any], post: _Flat) -> list[int | None]:
+    """After the structure of the arguments changed inside a trace (`post` is their flatten,
+    `nodes` the node table :func:`rebuild` made): for each leaf of `post`, the input leaf it
+    continues, or None for one created inside. A Variable continues itself wherever it sits
+    now; else a leaf continues the unclaimed input leaf at its path if that was of the same
+    type (a Variable replaced by one of its type, a raw array reassigned)."""
+    types = spec.graphdef.leaf_types
+    var_slots = [i for i, t in enumerate(types) if t is not None]
+    var_nodes = [n for n in nodes if isinstance(n, Variable)]
+    by_id = {id(v): i for v, i in zip(var_nodes, var_slots, strict=True)}
+    origin = [by_id.get(id(leaf)) if isinstance(leaf, Variable) else None for leaf in post.leaves]
+    claimed = set(origin)
+    by_path = {(spec.root_of[i], *spec.paths[i]): i for i in range(len(types))}
+    for j, leaf in enumerate(post.leaves):
+        if origin[j] is None:
+            i = by_path.get(post.paths[j])
+            kind = type(leaf) if isinstance(leaf, Variable) else None
+            if i is not None and i not in claimed and types[i] is kind:
+                origin[j] = i
+                claimed.add(i)
+    return origin
 
 
 class Out:

@@ -7,7 +7,15 @@ per leaf. ``out_axes`` describes the output the same way: ``Carry`` marks the ne
 ints the stacked per-step outputs.
 
 Graph state that is not sliced (Carry or None) is carried from step to step, so RNG counters
-and statistics keep counting; sliced state comes back stacked. Structure cannot change inside.
+and statistics keep counting; sliced state comes back stacked.
+
+Structure may change inside where each step owns its slice, as in flax: a step may create
+Variables (or sub-modules holding them) on an argument sliced along an int axis, and they
+come out stacked along the axis its in_axes (or StateAxes entry) gives them; it may delete
+sliced state, or change static attributes. Carried and broadcast state (Carry or None) is a
+loop carry, whose structure is fixed: creating, deleting or replacing a Variable there raises
+a :class:`~nnx.errors.TraceContextError` naming it, and leaves the caller's objects as they
+were.
 
 Example (scan over stacked layers):
   >>> class Layer(nnx.Module):
@@ -35,9 +43,18 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import TraceContextError, TransformError
-from ..graph import _flatten_full
+from ..graph import _build, _flatten_full
 from ..variables import Variable
-from ._lift import FilterMap, Frame, apply, contains_graph, rebuild, replace_graph_args, split_args
+from ._lift import (
+    FilterMap,
+    Frame,
+    apply,
+    contains_graph,
+    match_leaves,
+    rebuild,
+    replace_graph_args,
+    split_args,
+)
 from ._lift import Out as _Out
 
 __all__ = ["Carry", "scan"]
@@ -63,6 +80,89 @@ def _axis_list(spec: Any, flat: Any, in_axes: tuple) -> list[Any]:
         else:
             axes.extend([ax] * (b - a))
     return axes
+
+
+_CARRY_REMOVED = (
+    "nnx.scan: the step changed the structure of state carried from step to step: it "
+    "removed or replaced {where} (in_axes {ax}), and a loop carry must hold the same "
+    "Variables after every step.\n"
+    "Fix: (1) delete or replace it before or after the scan; or (2) scan it instead: give it "
+    "an int axis (e.g. in_axes=0, or a StateAxes entry `{example}: 0`), so each step has its "
+    "own slice."
+)
+_CARRY_CREATED = (
+    "nnx.scan: the step changed the structure of state carried from step to step: it "
+    "created {where} ({kind}) on an argument whose in_axes ({ax}) carries it from step to "
+    "step, and a loop carry cannot gain a Variable (it has no value before the first step).\n"
+    "Fix: (1) create it before the scan (e.g. run the initialisation once outside it); or "
+    "(2) create it on an argument scanned with an int axis (e.g. a StateAxes entry "
+    "`{example}: 0`): it comes out stacked, one slice per step."
+)
+
+
+def _example_filter(cls: type | None) -> str:
+    """A filter naming a leaf's Variable type (a catch-all for raw arrays)."""
+    return f"nnx.{cls.__name__}" if cls is not None else "..."
+
+
+def _restructure(
+    spec: Any, nodes: list[Any], post: Any, axes: tuple, leaf_axes: list[Any], carried: list
+) -> tuple:
+    """Inside the step, after the structure of the arguments changed: checks the change can
+    be carried out and returns (post GraphDef, reuse pairs (post node, input node), the post
+    position of each carried input leaf, the post positions of the scanned leaves, the axis
+    of each post leaf).
+
+    Scanned state (an int axis) may be created or removed: each step makes its own slice, and
+    the new leaves come out stacked along the axis their argument's in_axes gives them, as in
+    flax. Carried (Carry or None) state must keep its leaves: a loop carry has one structure.
+    """
+    from ..errors import format_path
+
+    def where(path: tuple) -> str:
+        return format_path(path[1:], f"args[{spec.positions[path[0]]}]")
+
+    origin = match_leaves(spec, nodes, post)
+    types = spec.graphdef.leaf_types
+    input_at = {(spec.root_of[i], *spec.paths[i]): types[i] for i in range(len(types))}
+    roles: list[Any] = []
+    for leaf, path, i in zip(post.leaves, post.paths, origin, strict=True):
+        if i is not None:
+            roles.append(leaf_axes[i])
+            continue
+        ax = axes[spec.positions[path[0]]]
+        if isinstance(ax, FilterMap):
+            ax = ax.resolve([leaf], [path[1:]], "nnx.scan (for state created inside it)")[0]
+        if not isinstance(ax, int):
+            kind = f"a {type(leaf).__name__}" if isinstance(leaf, Variable) else "an array"
+            was = input_at.get(path)
+            if was is not None:
+                kind += f" in place of a {was.__name__}"
+            raise TraceContextError(
+                _CARRY_CREATED.format(
+                    where=where(path),
+                    kind=kind,
+                    ax=ax,
+                    example=_example_filter(type(leaf) if isinstance(leaf, Variable) else None),
+                )
+            )
+        roles.append(ax)
+    post_of = {i: j for j, i in enumerate(origin) if i is not None}
+    for i in carried:
+        if i not in post_of:
+            path = (spec.root_of[i], *spec.paths[i])
+            raise TraceContextError(
+                _CARRY_REMOVED.format(
+                    where=where(path),
+                    ax=leaf_axes[i],
+                    example=_example_filter(spec.graphdef.leaf_types[i]),
+                )
+            )
+    index_of = {id(x): i for i, x in enumerate(nodes)}
+    reuse = tuple((j, index_of[id(x)]) for j, x in enumerate(post.nodes) if id(x) in index_of)
+    at = tuple(post_of[i] for i in carried)
+    scan_js = tuple(j for j, ax in enumerate(roles) if isinstance(ax, int))
+    return post.graphdef, reuse, at, scan_js, tuple(roles)
 
 
 def scan(
@@ -164,21 +264,24 @@ def scan(
             if plain_carry_pos is not None:
                 call[plain_carry_pos] = plain_carry
             with Frame():
-                roots, _ = rebuild(spec, vals)
+                roots, nodes = rebuild(spec, vals)
                 new_args, _ = replace_graph_args(call, {}, spec, roots)
                 out = f(*new_args)
                 post = _flatten_full(roots)
-                if post.graphdef != spec.graphdef:
-                    raise TraceContextError(
-                        "The structure of the arguments changed inside nnx.scan (an attribute "
-                        "or Variable was added, removed or replaced); a scan step must keep "
-                        "it.\nFix: create attributes before the scan."
-                    )
                 new = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
                 metas = tuple(
                     leaf._meta if isinstance(leaf, Variable) else None for leaf in post.leaves
                 )
-                static_box[:] = [metas]
+                if post.graphdef == spec.graphdef:
+                    static_box[:] = [(metas, None)]
+                    carry_new = [new[i] for i in carried]
+                    scan_new = [new[i] for i in scanned]
+                else:
+                    change = _restructure(spec, nodes, post, axes, leaf_axes, carried)
+                    static_box[:] = [(metas, change)]
+                    _, _, at, scan_js, _ = change
+                    carry_new = [new[j] for j in at]
+                    scan_new = [new[j] for j in scan_js]
                 outs = out if out_is_tuple else (out,)
                 if not isinstance(outs, tuple) or len(outs) != len(out_spec):
                     raise TransformError(
@@ -198,24 +301,33 @@ def scan(
                                 "may. Fix: return arrays per step, or mark it nnx.Carry."
                             )
                         ys.append(o)
-                return (
-                    ([new[i] for i in carried], new_plain_carry),
-                    ([new[i] for i in scanned], ys),
-                )
+                return (carry_new, new_plain_carry), (scan_new, ys)
 
         (carry_vals, plain_carry), (scan_vals, ys) = jax.lax.scan(
             body, init, xs, length=length, reverse=reverse, unroll=unroll
         )
-        final = list(values)
-        for i, v in zip(carried, carry_vals, strict=True):
-            final[i] = v
-        for i, v in zip(scanned, scan_vals, strict=True):
-            final[i] = jnp.moveaxis(v, 0, leaf_axes[i])
-        metas = static_box[0] if static_box else spec.metas
-        changed_metas = tuple(
-            (i, m) for i, m in enumerate(metas) if m is not None and m != spec.metas[i]
-        )
-        apply(flat, None, final, _Out("fast", tuple(range(len(final))), changed_metas))
+        metas, change = static_box[0] if static_box else (spec.metas, None)
+        if change is None:
+            final = list(values)
+            for i, v in zip(carried, carry_vals, strict=True):
+                final[i] = v
+            for i, v in zip(scanned, scan_vals, strict=True):
+                final[i] = jnp.moveaxis(v, 0, leaf_axes[i])
+            changed_metas = tuple(
+                (i, m) for i, m in enumerate(metas) if m is not None and m != spec.metas[i]
+            )
+            apply(flat, None, final, _Out("fast", tuple(range(len(final))), changed_metas))
+        else:
+            # The structure changed inside (state created on or removed from a scanned
+            # argument, a static attribute): rebuild the caller's objects in place.
+            graphdef, reuse, at, scan_js, roles = change
+            final = [None] * len(roles)
+            for j, v in zip(at, carry_vals, strict=True):
+                final[j] = v
+            for j, v in zip(scan_js, scan_vals, strict=True):
+                final[j] = jnp.moveaxis(v, 0, roles[j])
+            nodes = {j: flat.nodes[i] for j, i in reuse}
+            _build(graphdef, final, False, metas=list(metas), reuse=nodes)
         results = []
         y_iter = iter(ys)
         for ax in out_spec:

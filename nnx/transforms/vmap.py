@@ -2,9 +2,17 @@
 
 ``in_axes`` gives, per argument, an int (that axis of every leaf), ``None`` (broadcast), or
 a :class:`StateAxes` ``{filter: axis}`` choosing per leaf. State the function changes comes
-back with the axis it went in with; graph objects *created* inside (an ensemble) come out
-with ``out_axes``. The structure of the arguments must not change inside: a new attribute
-cannot be batched.
+back with the axis it went in with; graph objects *created* inside and returned (an ensemble)
+come out with ``out_axes``.
+
+Structure may change inside, as in flax: Variables or sub-modules created on a graph argument
+(e.g. a decoding cache, ``nnx.vmap(lambda b: b.attn.init_cache(shape))(stacked_blocks)``)
+come out batched along the axis that argument's in_axes gives them (for a StateAxes, the
+entry their type and path match), attributes may be deleted or replaced, static attributes
+changed, and the caller's objects are updated in place. What cannot be batched raises a
+:class:`~nnx.errors.TraceContextError` naming the leaf, and leaves the caller's objects as
+they were: a broadcast (axis None) Variable, new or old, given a value that differs per
+batch element, or a new Variable that no StateAxes entry matches.
 
 Example:
   >>> class Lin(nnx.Module):
@@ -19,21 +27,34 @@ Example:
   (5, 3)
   >>> nnx.vmap(lambda m, x: m(x), in_axes=(0, None))(ensemble, jnp.ones(3)).shape
   (5,)
+  >>> def add_cache(m):  # a new Variable on every member: batched along in_axes
+  ...   m.cache = nnx.Cache(jnp.zeros(4))
+  >>> nnx.vmap(add_cache)(ensemble)
+  >>> ensemble.cache.value.shape
+  (5, 4)
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from ..errors import TraceContextError, TransformError
+from ..errors import TraceContextError, TransformError, format_path
 from ..graph import _build, _flatten_full
 from ..variables import Variable
-from ._lift import FilterMap, Frame, contains_graph, rebuild, replace_graph_args, split_args
+from ._lift import (
+    FilterMap,
+    Frame,
+    contains_graph,
+    match_leaves,
+    rebuild,
+    replace_graph_args,
+    split_args,
+)
 
 __all__ = ["PARTITION_NAME", "StateAxes", "vmap"]
 
@@ -60,22 +81,25 @@ class _Placeholder:
 
 
 jax.tree_util.register_pytree_node(_Placeholder, lambda p: ((), p.j), lambda j, _: _Placeholder(j))
+_NONE = _Placeholder(-1)  # a Variable holding None, while it passes through jax.vmap
 
 
 class _VmapOut:
-    """Static part of a vmapped call's output (see vmap's implementation)."""
+    """Static part of a vmapped call's output: the joint (inputs, output objects) graph, which
+    of its nodes are the caller's, each leaf's metadata and group (its index among the
+    call's possible axes), and the leaves created inside (partition metadata goes there)."""
 
-    __slots__ = ("axes", "graphdef", "metas", "n_in", "reuse")
+    __slots__ = ("fresh", "graphdef", "groups", "metas", "reuse")
 
-    def __init__(self, graphdef: Any, reuse: tuple, metas: tuple, n_in: int, axes: tuple):
+    def __init__(self, graphdef: Any, reuse: tuple, metas: tuple, groups: tuple, fresh: tuple):
         self.graphdef = graphdef
         self.reuse = reuse
         self.metas = metas
-        self.n_in = n_in
-        self.axes = axes
+        self.groups = groups
+        self.fresh = fresh
 
     def _key(self) -> tuple:
-        return (self.graphdef, self.reuse, self.metas, self.n_in, self.axes)
+        return (self.graphdef, self.reuse, self.metas, self.groups, self.fresh)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _VmapOut) and self._key() == other._key()
@@ -156,6 +180,117 @@ def _insert_partition(meta: Any, axis: int | None, name: Any) -> Any:
     return meta
 
 
+def _axis_choices(arg_axes: Sequence[Any], out_axes: Any) -> tuple:
+    """Every axis a graph leaf can come out with: the values of the graph arguments' in_axes
+    (StateAxes values included), and those of out_axes (graph objects created inside)."""
+    found: list[Any] = []
+    for ax in arg_axes:
+        found.extend(ax.values if isinstance(ax, FilterMap) else (ax,))
+    found.extend(jax.tree_util.tree_leaves(out_axes, is_leaf=lambda x: x is None))
+    choices: list[Any] = []
+    for ax in found:
+        if (ax is None or type(ax) is int) and ax not in choices:
+            choices.append(ax)
+    return tuple(choices)
+
+
+def _arg_leaf_axes(
+    spec: Any, leaf_axes: list[Any], nodes: list[Any], post: Any, axes: Sequence[Any]
+) -> tuple[list[Any], list[int]]:
+    """After a structural change: the axis of each leaf of the arguments, and the positions of
+    the leaves created inside.
+
+    A leaf that continues an input leaf (see ``match_leaves``) keeps its axis. A new one
+    takes the axis its argument's in_axes gives it: an int, None, or the value of the first
+    StateAxes entry its type and path match, as in flax.
+    """
+    out: list[Any] = []
+    fresh: list[int] = []
+    origin = match_leaves(spec, nodes, post)
+    for j, (leaf, path, i) in enumerate(zip(post.leaves, post.paths, origin, strict=True)):
+        if i is not None:
+            out.append(leaf_axes[i])
+            continue
+        ax = axes[spec.positions[path[0]]]
+        if isinstance(ax, FilterMap):
+            try:
+                ax = ax.resolve([leaf], [path[1:]], "nnx.vmap")[0]
+            except TransformError:
+                kind = f"a {type(leaf).__name__}" if isinstance(leaf, Variable) else "an array"
+                raise TraceContextError(
+                    _NO_AXIS.format(
+                        where=_where(path, spec.positions, False),
+                        kind=kind,
+                        axes=ax,
+                        pos=spec.positions[path[0]],
+                        example=_example_filter(leaf, path),
+                    )
+                ) from None
+        out.append(ax)
+        fresh.append(j)
+    return out, fresh
+
+
+_BROADCAST_BATCHED = (
+    "nnx.vmap: {where} has axis None (broadcast: one value shared by every batch element), "
+    "but the function {did} a value that differs per batch element, which one broadcast "
+    "value cannot hold.\n"
+    "Fix: (1) give it a batch axis: {fix}; or (2) compute it from broadcast values only."
+)
+_NO_AXIS = (
+    "nnx.vmap: {where} ({kind} created inside the function) matches no entry of {axes} given "
+    "as in_axes[{pos}], so it has no axis to come out with.\n"
+    "Fix: add an entry for it (e.g. `{example}: 0`), or end the StateAxes with a catch-all "
+    "entry (`...: 0` to batch, `...: None` to broadcast)."
+)
+# The graph leaves go first in the vmapped function's output, with no None among them (jax
+# counts None subtrees when it names the offending leaf), so this path points at one.
+_OUT_AXES_NONE = re.compile(r"out_axes\[0\]\[(\d+)\]\[(\d+)\]\D*got axis spec None")
+
+
+def _example_filter(leaf: Any, path: tuple) -> str:
+    """A filter a user could write for this leaf: its Variable type, else its name."""
+    if isinstance(leaf, Variable):
+        cls = type(leaf)
+        prefix = "nnx." if cls.__module__.startswith("nnx") else ""
+        return prefix + cls.__name__
+    return f"nnx.PathContains({path[-1]!r})" if path else "..."
+
+
+def _where(path: tuple, positions: tuple, is_output: bool) -> str:
+    """``args[0].attn.cache`` for a leaf of an argument (`path` starts with the argument's
+    index among the graph arguments), ``obj.w (graph object 1 of the output)`` for a leaf
+    of a returned graph object (`path` starts with that object's index)."""
+    if is_output:
+        return format_path(path[1:], "obj") + f" (graph object {path[0]} of the output)"
+    return format_path(path[1:], f"args[{positions[path[0]]}]")
+
+
+def _broadcast_error(err: ValueError, where: list[Any]) -> TraceContextError | None:
+    """jax's error for a batched value at out_axes None, retold with the leaf's path; None
+    when the error is about something else."""
+    match = _OUT_AXES_NONE.search(str(err))
+    if not match or not where:
+        return None
+    joint, members, fresh, n_in, positions = where[0]
+    try:
+        j = members[int(match[1])][int(match[2])]
+    except IndexError:
+        return None
+    leaf, path = joint.leaves[j], joint.paths[j]
+    is_output = j >= n_in
+    if is_output:
+        fix = "out_axes=0 for that output"
+    else:
+        fix = (
+            f"in_axes=0 for args[{positions[path[1]]}], or a StateAxes entry for it, e.g. "
+            f"nnx.StateAxes({{{_example_filter(leaf, path)}: 0, ...: None}})"
+        )
+    did = "created it with" if is_output or j in fresh else "assigned it"
+    where_ = _where(path[1:], positions, is_output)
+    return TraceContextError(_BROADCAST_BATCHED.format(where=where_, did=did, fix=fix))
+
+
 def vmap(
     f: Callable | None = None,
     *,
@@ -206,6 +341,11 @@ def vmap(
         graph_pos = set(spec.positions)
         dyn = [None if i in graph_pos else a for i, a in enumerate(args)]
         dyn_axes = [None if i in graph_pos else ax for i, ax in enumerate(axes)]
+        # Graph leaves come back grouped by axis, so the number of leaves (and the axis of
+        # each) may change inside: new Variables, deleted ones, new sub-modules.
+        choices = _axis_choices([axes[p] for p in spec.positions], out_axes)
+        group_of = {ax: g for g, ax in enumerate(choices)}
+        where: list[Any] = []  # filled inside, read only to explain a broadcast error
 
         def pure(values: list, dyn: list, kwargs: dict) -> Any:
             with Frame():
@@ -213,13 +353,10 @@ def vmap(
                 new_args, _ = replace_graph_args(dyn, {}, spec, roots)
                 out = f(*new_args, **kwargs)
                 post = _flatten_full(roots)
-                if post.graphdef != spec.graphdef:
-                    raise TraceContextError(
-                        "The structure of the arguments changed inside nnx.vmap (an attribute "
-                        "or Variable was added, removed or replaced); a structural change "
-                        "cannot be batched.\nFix: create the attribute outside the vmap, or "
-                        "return the new object as an output (out_axes batches it)."
-                    )
+                if post.graphdef == spec.graphdef:
+                    post_axes, fresh = leaf_axes, []
+                else:
+                    post_axes, fresh = _arg_leaf_axes(spec, leaf_axes, nodes, post, axes)
                 out_plain, objs = _split_out(out)
                 obj_axes = _graph_out_axes(out, out_axes, len(objs), "nnx.vmap")
                 joint = _flatten_full((roots, tuple(objs)))
@@ -228,42 +365,53 @@ def vmap(
                 reuse = tuple(
                     (j, index_of[id(x)]) for j, x in enumerate(joint.nodes) if id(x) in index_of
                 )
-                vals = [
-                    leaf._value if isinstance(leaf, Variable) else leaf for leaf in joint.leaves
-                ]
-                metas = tuple(
-                    leaf._meta if isinstance(leaf, Variable) else None for leaf in joint.leaves
-                )
                 # Axis of each output-graph leaf: that of the graph object it belongs to.
-                owner = [p[1] for p in joint.paths[n_in:]]
-                out_leaf_axes = tuple(obj_axes[o] for o in owner)
-                info = _VmapOut(joint.graphdef, reuse, metas, n_in, out_leaf_axes)
-                return out_plain, vals[:n_in], vals[n_in:], info
+                all_axes = [*post_axes, *(obj_axes[p[1]] for p in joint.paths[n_in:])]
+                groups: tuple[list[Any], ...] = tuple([] for _ in choices)
+                members: tuple[list[int], ...] = tuple([] for _ in choices)
+                leaf_groups, metas = [], []
+                for j, (leaf, ax) in enumerate(zip(joint.leaves, all_axes, strict=True)):
+                    g = group_of.get(ax)
+                    if g is None:
+                        raise TransformError(
+                            f"nnx.vmap: axis {ax!r} for a graph leaf; use an int or None."
+                        )
+                    is_var = isinstance(leaf, Variable)
+                    value = leaf._value if is_var else leaf
+                    groups[g].append(_NONE if value is None else value)
+                    members[g].append(j)
+                    leaf_groups.append(g)
+                    metas.append(leaf._meta if is_var else None)
+                where[:] = [(joint, members, set(fresh), n_in, spec.positions)]
+                fresh_all = (*fresh, *range(n_in, len(joint.leaves)))
+                info = _VmapOut(joint.graphdef, reuse, tuple(metas), tuple(leaf_groups), fresh_all)
+                return groups, info, out_plain
 
         plain_axes = out_axes if not isinstance(out_axes, list) else tuple(out_axes)
         vmapped = jax.vmap(
             pure,
             in_axes=(leaf_axes, dyn_axes, 0),
-            out_axes=(plain_axes, leaf_axes, 0, None),
+            out_axes=(choices, None, plain_axes),
             axis_name=axis_name,
             axis_size=axis_size,
             spmd_axis_name=spmd_axis_name,
         )
-        out_plain, in_vals, out_vals, info = vmapped(values, dyn, kwargs)
-        fixed = []
-        for v, ax in zip(out_vals, info.axes, strict=True):
-            if ax is None:
-                fixed.append(v[0])
-            elif ax != 0:
-                fixed.append(jnp.moveaxis(v, 0, ax))
-            else:
-                fixed.append(v)
+        try:
+            groups, info, out_plain = vmapped(values, dyn, kwargs)
+        except ValueError as err:
+            retold = _broadcast_error(err, where)
+            if retold is None:
+                raise
+            raise retold from err
+        iters = [iter(g) for g in groups]
+        leaves = [next(iters[g]) for g in info.groups]
+        leaves = [None if isinstance(v, _Placeholder) else v for v in leaves]
         metas = list(info.metas)
         if partition is not None:
-            for j, ax in enumerate(info.axes):
-                metas[info.n_in + j] = _insert_partition(metas[info.n_in + j], ax, partition)
+            for j in info.fresh:
+                metas[j] = _insert_partition(metas[j], choices[info.groups[j]], partition)
         reuse = {j: flat.nodes[i] for j, i in info.reuse}
-        _, objs = _build(info.graphdef, [*in_vals, *fixed], False, metas=metas, reuse=reuse)
+        _, objs = _build(info.graphdef, leaves, False, metas=metas, reuse=reuse)
         if not objs:
             return out_plain
         return jax.tree_util.tree_map(

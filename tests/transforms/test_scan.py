@@ -1,9 +1,12 @@
 """``nnx.scan``: Carry, length, reverse, unroll, in_axes/out_axes (StateAxes included), and the
 scan-over-layers pattern on layers stacked by ``nnx.vmap`` -- with a BatchNorm-like running
 statistic and a Dropout-like RNG stream -- compared against a Python loop over the unstacked
-layers."""
+layers; structural changes inside a step (new state on a scanned argument comes out stacked,
+as in flax; carried state keeps its structure)."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 import nnx
+from nnx.errors import TraceContextError
 
 N_LAYERS = 3
 D = 4
@@ -318,3 +322,156 @@ def test_scan_rnn_over_time():
     expected = np.stack([np.asarray(ref(x)) for x in xs])
     close(hs, expected)
     close(cell.h.value, expected[-1])
+
+
+# -- structural changes inside a step -----------------------------------------------------------
+def _pure(m) -> dict:
+    return jax.tree.map(np.asarray, nnx.state(m).to_pure_dict())
+
+
+def _same_tree(a: dict, b: dict) -> None:
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        assert np.shape(x) == np.shape(y)
+        close(x, y)
+
+
+def _stacked(lib):
+    """A Param (3, 4) and a BatchStat (2, 4): 4 steps along axis 1."""
+
+    class M(lib.Module):
+        def __init__(self):
+            self.w = lib.Param(jnp.arange(12.0).reshape(3, 4))
+            self.s = lib.BatchStat(jnp.arange(8.0).reshape(2, 4))
+
+    return M()
+
+
+def _grow(lib, c, m):
+    m.c = lib.Cache(jnp.zeros((2,)) + c)  # one slice per step
+    m.p = lib.Param(m.w[...][:2] * c)
+    return c + 1
+
+
+def _shrink(lib, c, m):
+    del m.w
+    return c + 1
+
+
+def _add_submodule(lib, c, m):
+    m.sub = lib.Linear(2, 2, rngs=lib.Rngs(0))
+    m.sub.bias[...] = m.sub.bias[...] + c
+    return c + m.w[...].sum()
+
+
+NEW_STATE_CASES = [
+    (_grow, lambda lib: 1),
+    (_grow, lambda lib: lib.StateAxes({lib.Param: 1, lib.BatchStat: None, ...: 0})),
+    (_shrink, lambda lib: 1),
+    (_add_submodule, lambda lib: lib.StateAxes({lib.Param: 1, ...: None})),
+]
+
+
+@pytest.mark.parametrize("change, axes", NEW_STATE_CASES, ids=["grow", "grow-sa", "del", "sub"])
+def test_state_created_on_a_scanned_argument_matches_flax(change, axes):
+    fnnx = pytest.importorskip("flax.nnx")
+    pures, carries = [], []
+    for lib in (nnx, fnnx):
+        m = _stacked(lib)
+        fn = functools.partial(change, lib)
+        in_axes = (lib.Carry, axes(lib))
+        c = lib.scan(fn, in_axes=in_axes, out_axes=lib.Carry)(jnp.zeros(()), m)
+        pure = nnx.state(m).to_pure_dict() if lib is nnx else fnnx.to_pure_dict(fnnx.state(m))
+        pures.append(pure)
+        carries.append(c)
+    _same_tree(*pures)
+    close(*carries)
+
+
+def test_new_cache_on_scanned_layers_is_stacked_along_the_layer_axis():
+    layers = make_stack()
+    seen_w = layers.w
+
+    def step(x, layer):
+        layer.trace = nnx.Intermediate(x.mean(axis=0))  # per layer: stacked
+        return forward(x, layer)
+
+    x = jnp.ones((2, D))
+    nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, layers)
+    assert layers.w is seen_w  # the caller's module, updated in place
+    assert layers.trace.value.shape == (N_LAYERS, D)
+    # The first layer saw the input.
+    close(layers.trace.value[0], np.ones((D,)))
+
+
+def test_static_attribute_set_inside_a_step():
+    m = _stacked(nnx)
+
+    def step(c, m):
+        m.tag = "seen"
+        return c + m.w.value.sum()
+
+    c = nnx.scan(step, in_axes=(nnx.Carry, 1), out_axes=nnx.Carry)(jnp.zeros(()), m)
+    assert m.tag == "seen"
+    close(c, np.arange(12.0).sum())
+
+
+def _refused_scan(fn, in_axes, args, m, match, length=None):
+    def attributes():
+        return {k: v for k, v in vars(m).items() if not k.startswith("_nnx")}
+
+    before, attrs = _pure(m), attributes()
+    with pytest.raises(TraceContextError, match=match):
+        nnx.scan(fn, in_axes=in_axes, out_axes=nnx.Carry, length=length)(*args)
+    assert attributes().keys() == attrs.keys()
+    assert all(attributes()[k] is v for k, v in attrs.items())
+    _same_tree(_pure(m), before)
+
+
+CREATED = (
+    r"structure of state carried.*created args\[{}\]\.{} \({}\) on an argument whose in_axes \({}\)"
+)
+REMOVED = r"structure of state carried.*removed or replaced args\[{}\]\.{} \(in_axes {}\)"
+
+
+def test_a_carried_module_cannot_gain_a_variable():
+    def step(m, x):
+        m.c = nnx.Cache(jnp.zeros((2,)) + x)
+        return m
+
+    m = _stacked(nnx)
+    match = CREATED.format(0, "c", "a Cache", r"nnx\.Carry") + r".*\nFix: \(1\) create it before"
+    _refused_scan(step, (nnx.Carry, 0), (m, jnp.arange(3.0)), m, match)
+    assert not hasattr(m, "c")
+
+
+def test_a_carried_module_cannot_lose_or_swap_a_variable():
+    def delete(m, x):
+        del m.s
+        return m
+
+    def swap(m, x):
+        m.s = nnx.Param(m.s.value)
+        return m
+
+    m = _stacked(nnx)
+    _refused_scan(
+        delete, (nnx.Carry, 0), (m, jnp.arange(3.0)), m, REMOVED.format(0, "s", "nnx.Carry")
+    )
+    match = CREATED.format(0, "s", "a Param in place of a BatchStat", r"nnx\.Carry")
+    _refused_scan(swap, (nnx.Carry, 0), (m, jnp.arange(3.0)), m, match)
+    assert isinstance(m.s, nnx.BatchStat)
+
+
+def test_broadcast_state_cannot_gain_a_variable_in_a_step():
+    def step(c, m):
+        m.c = nnx.Cache(jnp.zeros((2,)))
+        return c + 1
+
+    m = _stacked(nnx)
+    match = CREATED.format(1, "c", "a Cache", "None")
+    _refused_scan(step, (nnx.Carry, None), (jnp.zeros(()), m), m, match, length=3)
+    axes = nnx.StateAxes({nnx.Param: 1, ...: None})
+    _refused_scan(step, (nnx.Carry, axes), (jnp.zeros(()), m), m, match)

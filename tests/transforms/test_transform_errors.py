@@ -189,13 +189,52 @@ STRUCTURAL = [_add_attribute, _change_variable_type, _delete_submodule]
 
 
 @pytest.mark.parametrize("change", STRUCTURAL, ids=lambda f: f.__name__)
-def test_structural_change_inside_vmap(change):
+def test_batchable_structural_change_inside_vmap_is_carried_out(change):
+    """On a broadcast module a change whose values are the same for every batch element is
+    carried out, as in flax (test_vmap.py covers batched arguments)."""
+    m = M()
+    nnx.vmap(change, in_axes=(None, 0))(m, jnp.ones((4,)))
+    if change is _add_attribute:
+        np.testing.assert_array_equal(m.extra.value, np.ones((3,)))
+        np.testing.assert_array_equal(m.mean.value, np.ones((3,)))
+    elif change is _change_variable_type:
+        assert type(m.mean) is nnx.Param and m.mean.value.shape == (3,)
+    else:
+        assert not hasattr(m, "inner")
+
+
+def _add_batched_attribute(m, x):
+    m.extra = nnx.Param(jnp.ones((3,)) * x)
+    m.mean.value = m.mean.value + 1.0  # a value change too: must not leak out either
+
+
+def _change_variable_type_batched(m, x):
+    m.mean = nnx.Param(jnp.zeros((3,)) + x)
+
+
+def _replace_submodule_batched(m, x):
+    m.inner = Inner()
+    m.inner.count.value = m.inner.count.value + x
+
+
+UNBATCHABLE = [
+    (_add_batched_attribute, "extra"),
+    (_change_variable_type_batched, "mean"),
+    (_replace_submodule_batched, r"inner\.count"),
+]
+
+
+@pytest.mark.parametrize("change, where", UNBATCHABLE, ids=lambda c: getattr(c, "__name__", ""))
+def test_unbatchable_structural_change_inside_vmap(change, where):
+    """A new value that differs per batch element cannot live on a broadcast module."""
     m = M()
     before = pure(m)
-    with pytest.raises(TraceContextError, match=r"structure.*nnx\.vmap"):
-        nnx.vmap(change, in_axes=(None, 0))(m, jnp.ones((4,)))
+    inner = m.inner
+    match = rf"nnx\.vmap: args\[0\]\.{where} has axis None .*differs per batch element"
+    with pytest.raises(TraceContextError, match=match):
+        nnx.vmap(change, in_axes=(None, 0))(m, jnp.ones((4,)) * jnp.arange(4.0))
     assert_unchanged(m, before, {"w", "mean", "inner"})
-    assert not hasattr(m, "extra")
+    assert not hasattr(m, "extra") and m.inner is inner
 
 
 @pytest.mark.parametrize("change", STRUCTURAL, ids=lambda f: f.__name__)
@@ -207,7 +246,7 @@ def test_structural_change_inside_scan(change):
         change(m)
         return c
 
-    with pytest.raises(TraceContextError, match=r"structure.*nnx\.scan"):
+    with pytest.raises(TraceContextError, match=r"nnx\.scan: the step changed the structure"):
         nnx.scan(step, in_axes=(nnx.Carry, None), out_axes=nnx.Carry, length=3)(jnp.zeros(()), m)
     assert_unchanged(m, before, {"w", "mean", "inner"})
     assert not hasattr(m, "extra")
