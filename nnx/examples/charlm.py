@@ -228,17 +228,11 @@ class CharTransformer(nnx.Module):
         the layer axis like the parameters.
         """
 
-        def empty_cache(attn: nnx.MultiHeadAttention) -> nnx.State:
-            # nnx.vmap cannot add Variables to its (stacked) argument: a structural change
-            # cannot be batched. So each layer slice fills an empty cache in a throw-away copy
-            # and returns it (stacked by out_axes); it is attached outside the vmap below.
-            twin = nnx.clone(attn)
-            twin.init_cache((batch_size, self.max_len, self.dim))
-            return nnx.state(twin, nnx.Cache)
-
-        stacked = nnx.vmap(empty_cache, in_axes=0, out_axes=0)(self.blocks.attn)
-        for name, variable in stacked.items():
-            setattr(self.blocks.attn, name, variable)
+        # A structural change under vmap: each layer slice gets its cache Variables, and they
+        # come out stacked along the layer axis (the argument's in_axes), as in flax.nnx.
+        nnx.vmap(lambda attn: attn.init_cache((batch_size, self.max_len, self.dim)))(
+            self.blocks.attn
+        )
 
     def reset_cache(self) -> None:
         """Starts a new sequence in the existing cache (old entries are masked, then

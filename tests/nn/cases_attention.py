@@ -113,6 +113,6 @@ CASES = [
         build=_mha(decode=True),
         inputs=_x(2, 3, 8),
         call=_decode_all,
-        batchable=False,  # init_cache adds Variables: a structural change vmap cannot batch
+        batchable=False,  # the registry broadcasts the model: a per-example cache is refused
     ),
 ]
