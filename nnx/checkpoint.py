@@ -6,6 +6,9 @@ home-made one) and closes the traps orbax leaves open:
 * relative directories are made absolute (orbax fails on them in a background thread);
 * asynchronous saves are always waited for: leaving a ``with`` block, ``close()``, or
   interpreter exit never loses a save;
+* a save cut short by a crash (kill -9, preemption) leaves only orbax's temporary folder,
+  never a half-written step; a new Checkpointer deletes such folders before it returns
+  (orbax does it in a background thread a restore does not wait for);
 * orbax silently casts dtypes on restore and returns integer keys as strings: nnx compares
   the saved structure, shapes and dtypes with the target first, raises one error listing
   every difference, and leaves the target untouched;
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -97,13 +101,12 @@ def _leaf_spec(x: Any) -> tuple[tuple[int, ...], Any] | None:
     return tuple(shape), np.dtype(dtype)
 
 
+def _key(keypath: tuple) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keypath)
+
+
 def _flat(tree: Any) -> dict[tuple, Any]:
-    out = {}
-    for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out[
-            tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keypath)
-        ] = leaf
-    return out
+    return {_key(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _describe(spec: tuple | None) -> str:
@@ -133,11 +136,53 @@ def _compare(name: str, saved: Any, target: Any) -> list[str]:
     return problems
 
 
-def _abstract(x: Any) -> Any:
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
+def _saved_sharding(meta: Any) -> Any:
+    sharding = getattr(meta, "sharding", None)
+    if sharding is None or not hasattr(sharding, "to_jax_sharding"):
+        return None
+    try:
+        return sharding.to_jax_sharding()
+    except ValueError:  # saved on other devices: orbax decides (and explains)
+        return None
+
+
+def _restore_target(target: Any, saved: Any) -> Any:
+    """What orbax restores into: the target's shapes, dtypes and shardings.
+
+    Arrays go where the target's arrays are. A leaf without a sharding (an abstract model
+    from a plain ``nnx.eval_shape``, a numpy array) gets the sharding it was saved with, as
+    orbax would give it, taken from the metadata nnx has already read for its checks
+    (orbax would read it from disk once more).
+    """
+    saved_flat = _flat(saved)
+
+    def leaf(keypath: tuple, x: Any) -> Any:
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            return x
         sharding = getattr(x, "sharding", None)
+        if sharding is None and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            sharding = _saved_sharding(saved_flat.get(_key(keypath)))
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-    return x
+
+    return jax.tree_util.tree_map_with_path(leaf, target)
+
+
+def _remove_stale_tmp(directory: str) -> list[str]:
+    """Deletes the temporary folders of interrupted saves in `directory`; returns their names.
+
+    Only orbax's pattern (a folder whose name contains ``.orbax-checkpoint-tmp``, as
+    orbax's own cleanup matches it) and only in the primary process, like orbax; call it
+    only when no save into `directory` is in flight.
+    """
+    if jax.process_index() != 0 or not os.path.isdir(directory):
+        return []
+    suffix = _ocp().utils.TMP_DIR_SUFFIX
+    removed = []
+    for entry in os.scandir(directory):
+        if suffix in entry.name and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return sorted(removed)
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -167,6 +212,13 @@ class Checkpointer:
     ):
         ocp = _ocp()
         self.directory = os.path.abspath(os.fspath(directory))
+        # Another Checkpointer of this process may still be writing here: its temporary
+        # folder is not stale. Then clear what interrupted saves left (synchronously, so
+        # the directory is clean when this returns; orbax's own cleanup stays on as well).
+        for other in list(_LIVE):
+            if other.directory == self.directory:
+                other.wait()
+        _remove_stale_tmp(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
@@ -243,8 +295,8 @@ class Checkpointer:
                     "Fix: restore with the names you saved with."
                 )
             target = _tree_of(node)
-            targets[name] = target
             saved_tree = self._saved_tree(step, name, saved_meta[name])
+            targets[name] = (target, saved_tree)
             problems += _compare(name, saved_tree, target)
         if problems:
             raise CheckpointMismatchError(
@@ -255,8 +307,8 @@ class Checkpointer:
                 "with, or restore only some objects (ckpt.restore(model=model))."
             )
         items = {
-            name: ocp.args.StandardRestore(jax.tree.map(_abstract, target))
-            for name, target in targets.items()
+            name: ocp.args.StandardRestore(_restore_target(target, saved_tree))
+            for name, (target, saved_tree) in targets.items()
         }
         if _METADATA in saved_names:
             items[_METADATA] = ocp.args.JsonRestore()
