@@ -36,7 +36,7 @@ from ..graph import (
     _flatten_cached,
     _flatten_full,
     _replace_metadata,
-    _write_slot,
+    _write_raw_leaves,
 )
 from ..pytreelib import Dict, List, Pytree
 from ..variables import _FRAMES, Variable, _Frame
@@ -350,21 +350,20 @@ def apply(
             else:
                 for var, value in zip(targets, vals, strict=True):
                     object.__setattr__(var, "_value", value)
-            for k, i, slot in raw:
-                _write_slot(slot, values[k])
-                flat.leaves[i] = values[k]
+            if raw:
+                _write_raw_leaves(flat, [(i, values[k]) for k, i, _ in raw])
             for i, meta in info.metas:
                 _replace_metadata(flat.leaves[i], meta)
         elif write:
             leaves = flat.leaves
             slots = flat.slots
+            raw_pairs: list[tuple[int, Any]] = []
             for i, value in zip(info.indices, values, strict=True):
-                slot = slots[i]
-                if slot is None:
+                if slots[i] is None:
                     object.__setattr__(leaves[i], "_value", value)
                 else:
-                    _write_slot(slot, value)
-                    leaves[i] = value
+                    raw_pairs.append((i, value))
+            _write_raw_leaves(flat, raw_pairs)
             for i, meta in info.metas:
                 _replace_metadata(leaves[i], meta)
         return out
