@@ -363,7 +363,8 @@ def apply(
                     object.__setattr__(leaves[i], "_value", value)
                 else:
                     raw_pairs.append((i, value))
-            _write_raw_leaves(flat, raw_pairs)
+            if raw_pairs:
+                _write_raw_leaves(flat, raw_pairs)
             for i, meta in info.metas:
                 _replace_metadata(leaves[i], meta)
         return out
