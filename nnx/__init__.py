@@ -119,6 +119,15 @@ from .safetensors import load_safetensors as load_safetensors
 from .safetensors import load_safetensors_dict as load_safetensors_dict
 from .safetensors import safetensors_metadata as safetensors_metadata
 from .safetensors import save_safetensors as save_safetensors
+from .spmd import PARTITION_NAME as PARTITION_NAME
+from .spmd import abstract_with_sharding as abstract_with_sharding
+from .spmd import as_abstract as as_abstract
+from .spmd import get_named_sharding as get_named_sharding
+from .spmd import get_partition_spec as get_partition_spec
+from .spmd import logical_axis_rules as logical_axis_rules
+from .spmd import use_eager_sharding as use_eager_sharding
+from .spmd import using_eager_sharding as using_eager_sharding
+from .spmd import with_partitioning as with_partitioning
 from .state import FlatState as FlatState
 from .state import State as State
 from .state import from_flat_state as from_flat_state
@@ -161,8 +170,8 @@ from .transforms.scan import Carry as Carry
 from .transforms.scan import scan as scan
 from .transforms.tracing import checkify as checkify
 from .transforms.tracing import eval_shape as eval_shape
+from .transforms.tracing import get_abstract_model as get_abstract_model
 from .transforms.tracing import make_jaxpr as make_jaxpr
-from .transforms.vmap import PARTITION_NAME as PARTITION_NAME
 from .transforms.vmap import StateAxes as StateAxes
 from .transforms.vmap import vmap as vmap
 from .variables import BatchStat as BatchStat
@@ -171,6 +180,8 @@ from .variables import Intermediate as Intermediate
 from .variables import Param as Param
 from .variables import Perturbation as Perturbation
 from .variables import Variable as Variable
+from .variables import VariableMetadata as VariableMetadata
 from .variables import register_variable_name as register_variable_name
 from .variables import variable_name_from_type as variable_name_from_type
 from .variables import variable_type_from_name as variable_type_from_name
+from .variables import with_metadata as with_metadata

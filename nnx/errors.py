@@ -22,6 +22,7 @@ __all__ = [
     "RngStreamError",
     "ConfigError",
     "ShapeError",
+    "ShardingError",
     "StaticAttributeError",
     "TraceContextError",
     "TransformError",
@@ -85,6 +86,11 @@ class TransformError(NNXError, ValueError):
 
 class ShapeError(NNXError, ValueError):
     """A layer got an input whose shape does not fit its configuration."""
+
+
+class ShardingError(NNXError, ValueError):
+    """A Variable's sharding annotation does not fit its value or the mesh (too many axis
+    names for its rank, a mesh axis that does not exist, conflicting logical axis rules)."""
 
 
 class ConfigError(NNXError, ValueError):

@@ -21,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import jax
@@ -39,9 +41,11 @@ __all__ = [
     "Param",
     "Perturbation",
     "Variable",
+    "VariableMetadata",
     "register_variable_name",
     "variable_name_from_type",
     "variable_type_from_name",
+    "with_metadata",
 ]
 
 A = TypeVar("A")
@@ -217,6 +221,72 @@ def _unary(fn):
     return op
 
 
+@dataclasses.dataclass
+class VariableMetadata(Generic[A]):
+    """A value with the metadata of the Variable it is meant for.
+
+    What an initializer wrapped by :func:`with_metadata` (or ``nnx.with_partitioning``)
+    returns: a layer passes it to ``nnx.Param(...)``, which unwraps it and merges `metadata`
+    into its own (an entry here wins over a keyword argument of the same name, as in flax).
+
+    Attributes:
+      raw_value: the value (usually an array).
+      metadata: the Variable metadata to add.
+    """
+
+    raw_value: A
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_HOOK_NAMES = ("on_set_value", "on_get_value", "on_create_value", "on_add_axis", "on_remove_axis")
+_HOOKS_MESSAGE = (
+    "nnx.with_metadata got {names}: Variable hooks are not supported (flax.nnx 0.12 deprecates "
+    "them), so nothing would run them.\nFix: transform the value in the initializer itself "
+    "(what on_create_value did), or where your code reads or writes it, e.g. "
+    "`v.value = jnp.clip(x, -1, 1)`."
+)
+
+
+def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[..., Any]:
+    """Wraps an initializer so the Variable created from its result carries `metadata`.
+
+    The wrapped initializer returns a :class:`VariableMetadata`; Variables unwrap it. Any
+    layer argument that takes an initializer (``kernel_init``, ``bias_init``...) accepts it.
+
+    Args:
+      initializer: a function ``(key, shape, dtype) -> array``.
+      **metadata: the metadata to attach (readable as attributes of the Variable).
+
+    Returns:
+      An initializer with the same arguments.
+
+    Raises:
+      ArgumentError: a Variable hook (``on_set_value``...) was given; nnx has no hooks.
+
+    Example:
+      >>> init = nnx.with_metadata(nnx.initializers.ones, note='tied')
+      >>> layer = nnx.Linear(2, 3, kernel_init=init, rngs=nnx.Rngs(0))
+      >>> layer.kernel.note, layer.kernel.value.sum().item()
+      ('tied', 6.0)
+    """
+    hooks = sorted(k for k in _HOOK_NAMES if metadata.get(k))
+    if hooks:
+        raise ArgumentError(_HOOKS_MESSAGE.format(names=", ".join(hooks)))
+    metadata = {k: v for k, v in metadata.items() if k not in _HOOK_NAMES}
+
+    @functools.wraps(initializer)
+    def wrapper(*args: Any, **kwargs: Any) -> VariableMetadata:
+        return VariableMetadata(initializer(*args, **kwargs), dict(metadata))
+
+    return wrapper
+
+
+# nnx.spmd installs this when it is imported (``import nnx`` always does): it places the value
+# of a new Variable whose metadata asks for a sharding (``out_sharding``) on the mesh. A hook
+# rather than an import keeps this floor free of the sharding machinery above it.
+_place_new_value: Callable[[type, Any, Mapping[str, Any]], Any] | None = None
+
+
 class Variable(Generic[A]):
     """A mutable container for one piece of model state, with metadata.
 
@@ -229,8 +299,9 @@ class Variable(Generic[A]):
 
     Args:
       value: the initial value: an array, a scalar, or any pytree.
-      **metadata: free-form metadata (e.g. ``sharding_names=('in', 'out')``), readable as
-        attributes (``v.sharding_names``) and through :meth:`get_metadata`.
+      **metadata: free-form metadata (e.g. ``out_sharding=('in', 'out')``, see ``nnx.spmd``),
+        readable as attributes (``v.out_sharding``) and through :meth:`get_metadata`. `value`
+        may be a :class:`VariableMetadata`, whose metadata is added.
 
     Example:
       >>> w = nnx.Param(jnp.array([1.0, 2.0]))
@@ -249,9 +320,14 @@ class Variable(Generic[A]):
     _nnx_collection: ClassVar[str | None] = None
 
     def __init__(self, value: A, **metadata: Any):
+        if isinstance(value, VariableMetadata):
+            metadata = {**metadata, **value.metadata}
+            value = value.raw_value
         if isinstance(value, Variable):
             metadata = {**value._meta, **metadata}
             value = value._value
+        if metadata and _place_new_value is not None:
+            value = _place_new_value(type(self), value, metadata)
         object.__setattr__(self, "_value", value)
         object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
         object.__setattr__(self, "_nnx_stamp", 0)

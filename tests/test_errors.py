@@ -72,6 +72,7 @@ ALL_ERRORS = [
     errors.TraceContextError,
     errors.TransformError,
     errors.ShapeError,
+    errors.ShardingError,
     errors.ConfigError,
     errors.VariableInPlaceError,
 ]

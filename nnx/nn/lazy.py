@@ -17,6 +17,7 @@ import jax
 
 from ..errors import ShapeError
 from ..graph import _flatten_full, state
+from ..spmd import _place_new_value, use_eager_sharding, using_eager_sharding
 from ..state import _flat_pairs
 from ..variables import Variable
 
@@ -58,7 +59,10 @@ def lazy_init(model: Any, *example_args: Any, **example_kwargs: Any) -> Any:
 
     outer, _created.log = getattr(_created, "log", None), {}
     try:
-        jax.eval_shape(run, args, kwargs)
+        # Placing a new annotated Variable on the mesh inside the trace would make its value
+        # abstract: place the new ones afterwards instead (below).
+        with use_eager_sharding(False):
+            jax.eval_shape(run, args, kwargs)
     finally:
         created, _created.log = _created.log, outer
         leftover = []
@@ -77,6 +81,11 @@ def lazy_init(model: Any, *example_args: Any, **example_kwargs: Any) -> Any:
             f"{leftover[:5]}; such state cannot be created abstractly. Fix: call the model "
             "once on real data instead of lazy_init."
         )
+    if using_eager_sharding():
+        for path, leaf in zip(*_paths_and_leaves(model), strict=True):
+            if isinstance(leaf, Variable) and path not in before:
+                meta = leaf.get_metadata()
+                object.__setattr__(leaf, "_value", _place_new_value(type(leaf), leaf._value, meta))
     return model
 
 

@@ -32,7 +32,7 @@ from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
 from ..rngs import Rngs
-from ..variables import Param
+from ..variables import Param, VariableMetadata
 from . import initializers
 from ._layer import lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype
@@ -105,8 +105,11 @@ def _reshaped_init(init: Callable, flat_shape: tuple[int, ...]) -> Callable:
     """Runs `init` on `flat_shape` (so fan-in/fan-out are the total contracted and produced
     sizes) and reshapes the result to the requested shape."""
 
-    def run(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
-        return jnp.reshape(init(key, flat_shape, dtype), shape)
+    def run(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> Any:
+        value = init(key, flat_shape, dtype)
+        if isinstance(value, VariableMetadata):  # nnx.with_metadata / with_partitioning
+            return VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
+        return jnp.reshape(value, shape)
 
     return run
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import TransformError
 from ..graph import _flatten_full, _write_slot
-from ..state import _flat_pairs
+from ..state import State, _flat_pairs
 from ..variables import Variable
 from ._lift import (
     CallSpec,
@@ -304,14 +304,15 @@ class _LastCall:
 
 def _is_sharding_leaf(s: Any) -> bool:
     return s is None or isinstance(
-        s, FilterMap | jax.sharding.Sharding | jax.sharding.PartitionSpec
+        s, FilterMap | State | jax.sharding.Sharding | jax.sharding.PartitionSpec
     )
 
 
 def _constrain_out(out: Any, shardings: Any) -> Any:
     """Applies ``out_shardings`` (a prefix of the output) inside the trace, with
     ``with_sharding_constraint``: to arrays, and to the Variables of graph objects in the output
-    (one sharding for all of them, or per filter with a StateSharding)."""
+    (one sharding for all of them, per filter with a StateSharding, or per path with a State of
+    shardings such as ``nnx.get_named_sharding(nnx.state(abstract_model), mesh)``)."""
 
     def one(s: Any, x: Any) -> Any:
         if s is None:
@@ -321,6 +322,8 @@ def _constrain_out(out: Any, shardings: Any) -> Any:
             paths = [p[1:] for p in flat.paths]
             if isinstance(s, FilterMap):
                 per_leaf = s.resolve(flat.leaves, paths, "nnx.jit out_shardings")
+            elif isinstance(s, State):
+                per_leaf = JitWrapped._graph_sharding(s, flat.leaves, paths)
             else:
                 per_leaf = [s] * len(flat.leaves)
             for leaf, slot, sh in zip(flat.leaves, flat.slots, per_leaf, strict=True):
@@ -331,11 +334,11 @@ def _constrain_out(out: Any, shardings: Any) -> Any:
                 else:
                     _write_slot(slot, jax.lax.with_sharding_constraint(leaf, sh))
             return x
-        if isinstance(s, FilterMap):
+        if isinstance(s, FilterMap | State):
             raise TransformError(
-                f"nnx.jit: out_shardings gives {s!r} for an output that holds no graph "
-                "objects. Fix: use a StateSharding only where the function returns a Module "
-                "(or Variables); give plain shardings for arrays."
+                f"nnx.jit: out_shardings gives a {type(s).__name__} for an output that holds "
+                "no graph objects. Fix: use a StateSharding or a State of shardings only where "
+                "the function returns a Module (or Variables); give plain shardings for arrays."
             )
         return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, s), x)
 
@@ -364,7 +367,9 @@ def jit(
     (all its leaves), a :class:`StateSharding` (per filter), or a State of shardings; donating
     a graph argument donates its Variables' buffers (they are replaced by the new values).
     `out_shardings` is a prefix of the output; where the output holds graph objects (a Module
-    created inside), one sharding or a StateSharding there applies to their Variables.
+    created inside), one sharding, a StateSharding or a State of shardings (e.g.
+    ``nnx.get_named_sharding(nnx.state(abstract_model), mesh)``) there applies to their
+    Variables.
     Usable as ``@nnx.jit`` or ``@nnx.jit(static_argnums=...)``.
     """
     kwargs = dict(

@@ -2,7 +2,10 @@
 
 ``nnx.eval_shape`` builds abstract models: every array becomes a ``jax.ShapeDtypeStruct``
 and nothing is allocated, which is how a checkpoint is restored without paying for a
-random initialisation first.
+random initialisation first. When a mesh is known (``jax.set_mesh``, or a Variable's
+``mesh`` metadata), the abstract Variables carry the shardings their annotations ask for
+(see ``nnx.spmd``), so the restore lands on the mesh; :func:`get_abstract_model` does this
+for a given mesh.
 
 Example:
   >>> class Big(nnx.Module):
@@ -22,18 +25,36 @@ from typing import Any
 import jax
 from jax.experimental import checkify as _checkify
 
+from ..graph import GraphDef, split
+from ..spmd import _shard_abstract, get_named_sharding
+from ..state import State
 from ._lift import Frame, call_transformed, rebuild, replace_graph_args, split_args
 
-__all__ = ["checkify", "eval_shape", "make_jaxpr"]
+__all__ = ["checkify", "eval_shape", "get_abstract_model", "make_jaxpr"]
 
 
 def eval_shape(f: Callable, *args: Any, **kwargs: Any) -> Any:
     """The output of ``f(*args, **kwargs)`` with ShapeDtypeStructs in place of arrays.
 
     Graph objects in the output (e.g. a Module built inside `f`) come back as abstract
-    objects; graph arguments are not modified.
+    objects; graph arguments are not modified. As in flax, when a mesh is known (its
+    Variable's ``mesh`` metadata, or ``jax.set_mesh``) each abstract Variable gets a
+    ``NamedSharding``: the one its sharding annotation asks for, ``P()`` (replicated) without
+    one.
+
+    Raises:
+      ShardingError: an annotation does not fit its Variable's rank or the mesh.
+
+    Example:
+      >>> mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))
+      >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, 'model'))
+      >>> with jax.set_mesh(mesh):
+      ...   abstract = nnx.eval_shape(lambda: nnx.Linear(8, 16, kernel_init=init,
+      ...                                                rngs=nnx.Rngs(0)))
+      >>> abstract.kernel.value.sharding.spec, abstract.bias.value.sharding.spec
+      (P(None, 'model'), P())
     """
-    return call_transformed(
+    out = call_transformed(
         f,
         args,
         kwargs,
@@ -41,6 +62,35 @@ def eval_shape(f: Callable, *args: Any, **kwargs: Any) -> Any:
         write=False,
         what="nnx.eval_shape",
     )
+    _shard_abstract(out)
+    return out
+
+
+def get_abstract_model(
+    init_fn: Callable[[], Any], mesh: jax.sharding.Mesh
+) -> tuple[GraphDef, State]:
+    """The GraphDef and abstract State of the model `init_fn` builds, sharded on `mesh`.
+
+    Runs ``init_fn`` under :func:`eval_shape` with `mesh` set; every leaf of the State is a
+    ``jax.ShapeDtypeStruct`` with the ``NamedSharding`` its Variable's annotation asks for
+    (``P()`` without one): a checkpoint restore target, or the ``out_shardings`` of the real
+    initialisation.
+
+    Example:
+      >>> mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))
+      >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ('data', 'model'))
+      >>> graphdef, state = nnx.get_abstract_model(
+      ...     lambda: nnx.Linear(8, 16, kernel_init=init, rngs=nnx.Rngs(0)), mesh)
+      >>> state['kernel'].value.sharding.spec
+      P('data', 'model')
+    """
+    with jax.set_mesh(mesh):
+        graphdef, state = split(eval_shape(init_fn))
+        shardings = get_named_sharding(state, mesh)
+        state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
+        )
+    return graphdef, state
 
 
 def make_jaxpr(f: Callable, **jaxpr_kwargs: Any) -> Callable[..., Any]:

@@ -45,7 +45,8 @@ import jax
 
 from ..errors import TraceContextError, TransformError, format_path
 from ..graph import _build, _flatten_full
-from ..variables import Variable
+from ..spmd import PARTITION_NAME, _stacked_metadata
+from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,
     Frame,
@@ -57,8 +58,6 @@ from ._lift import (
 )
 
 __all__ = ["PARTITION_NAME", "StateAxes", "vmap"]
-
-PARTITION_NAME = "partition_name"
 
 
 class StateAxes(FilterMap):
@@ -164,20 +163,6 @@ def _leaf_axes(spec: Any, flat: Any, in_axes: Sequence[Any], what: str) -> list[
                 f"StateAxes, got {ax!r}."
             )
     return axes
-
-
-def _insert_partition(meta: Any, axis: int | None, name: Any) -> Any:
-    if meta is None or axis is None or name is None:
-        return meta
-    for key in ("sharding_names", "sharding"):
-        names = meta.get(key) if hasattr(meta, "get") else None
-        if isinstance(names, tuple):
-            from ..variables import _Meta
-
-            new = list(names)
-            new.insert(axis, name)
-            return _Meta({**meta, key: tuple(new)})
-    return meta
 
 
 def _axis_choices(arg_axes: Sequence[Any], out_axes: Any) -> tuple:
@@ -308,7 +293,8 @@ def vmap(
         single value applies to every argument.
       out_axes: for the output; graph objects created inside take an int or None.
       transform_metadata: ``{nnx.PARTITION_NAME: 'layers'}`` inserts that name into the
-        ``sharding_names`` metadata of Variables created inside, at their out axis.
+        sharding annotation (``out_sharding`` metadata, see ``nnx.spmd``) of Variables created
+        inside, at their out axis.
     """
     if f is None:
         return functools.partial(
@@ -320,7 +306,7 @@ def vmap(
             spmd_axis_name=spmd_axis_name,
             transform_metadata=transform_metadata,
         )
-    partition = (transform_metadata or {}).get(PARTITION_NAME)
+    stack_meta = dict(transform_metadata or {})
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -407,9 +393,11 @@ def vmap(
         leaves = [next(iters[g]) for g in info.groups]
         leaves = [None if isinstance(v, _Placeholder) else v for v in leaves]
         metas = list(info.metas)
-        if partition is not None:
+        if stack_meta:
             for j in info.fresh:
-                metas[j] = _insert_partition(metas[j], choices[info.groups[j]], partition)
+                axis = choices[info.groups[j]]
+                if metas[j] is not None and axis is not None:
+                    metas[j] = _Meta(_stacked_metadata(metas[j], axis, stack_meta))
         reuse = {j: flat.nodes[i] for j, i in info.reuse}
         _, objs = _build(info.graphdef, leaves, False, metas=metas, reuse=reuse)
         if not objs:
