@@ -310,6 +310,7 @@ class _BuildPlan:
         "colls",
         "dict_fills",
         "early",
+        "early_fills",
         "leaf_types",
         "list_fills",
         "node_pos",
@@ -376,8 +377,12 @@ class _BuildPlan:
         assert len(leaf_types) == n_leaves
         self.num_leaves, self.leaf_types, self.node_pos = n_leaves, leaf_types, node_pos
         self.template, self.colls, self.trees = template, colls, trees
+        early.update(pos for pos, _, _, _, fields in obj_fills if fields)
         self.early = [(pos, typ) for pos, typ, *_ in obj_fills if pos in early]
-        self.obj_fills = [(pos, typ, pos in early, *rest) for pos, typ, *rest in obj_fills]
+        # Objects created and filled in one step (children before parents), then the
+        # objects made early, filled once everything exists.
+        self.obj_fills = [(p, t, k, g) for p, t, k, g, _ in obj_fills if p not in early]
+        self.early_fills = [(p, k, g, fields) for p, _, k, g, fields in obj_fills if p in early]
         self.list_fills, self.dict_fills = list_fills, dict_fills
 
     def run(self, leaves: list, copy: bool, metas: list | None, nodes_out: list | None) -> Any:
@@ -403,13 +408,12 @@ class _BuildPlan:
         get = table.__getitem__
         for pos, treedef, idxs in self.trees:
             table[pos] = treedef.unflatten(list(map(get, idxs)))
-        for pos, typ, made, keys, getter, fields in self.obj_fills:
-            if made:
-                d = table[pos].__dict__
-            else:
-                obj = table[pos] = new(typ)
-                d = obj.__dict__
-            d.update(zip(keys, getter(table), strict=False))  # lengths fixed at compile
+        for pos, typ, keys, getter in self.obj_fills:  # lengths of keys/getter fixed at compile
+            obj = table[pos] = new(typ)
+            obj.__dict__.update(zip(keys, getter(table), strict=False))
+        for pos, keys, getter, fields in self.early_fills:
+            d = table[pos].__dict__
+            d.update(zip(keys, getter(table), strict=False))
             if fields:
                 d["_nnx_fields"] = dict(fields)
         for pos, idxs in self.list_fills:
