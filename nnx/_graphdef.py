@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Hashable, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -301,9 +302,11 @@ class _BuildPlan:
     Variables is adopted with one slice assignment), then the other nodes (Modules, Lists,
     Dicts), then one cell per static value and pytree (tuple, namedtuple...). First the
     empty Lists and Dicts, and the objects that something refers to before they are filled
-    (shared, cyclic, or inside a pytree) are created; then the leaves are placed; then
-    pytrees bottom-up; then the other objects, children before parents, each created and
-    filled from the table by index in one step; last the Lists' and Dicts' items.
+    (shared, cyclic, inside a pytree, or with field specs) are created; then the leaves are
+    placed; then pytrees bottom-up; then the other objects in batches of one type and set of
+    attributes, lowest in the graph first, each batch created into consecutive cells and
+    filled from the table by index with C-level iteration; then the early objects are
+    filled; last the Lists' and Dicts' items.
     """
 
     __slots__ = (
@@ -315,7 +318,7 @@ class _BuildPlan:
         "list_fills",
         "node_pos",
         "num_leaves",
-        "obj_fills",
+        "obj_groups",
         "root",
         "template",
         "trees",
@@ -361,7 +364,7 @@ class _BuildPlan:
                 keys = tuple(k for k, _ in children)
                 idxs = tuple(slot(c) for _, c in children)
                 if kind == _OBJ:
-                    obj_fills.append((pos, typ, keys, _getter(idxs), fields))
+                    obj_fills.append((pos, typ, keys, idxs, fields))
                 elif kind == _LIST:
                     list_fills.append((pos, idxs))
                 else:
@@ -373,17 +376,56 @@ class _BuildPlan:
             trees.append((pos, cd[1], idxs))
             return pos
 
-        self.root = slot(graphdef.root)
+        root = slot(graphdef.root)
         assert len(leaf_types) == n_leaves
-        self.num_leaves, self.leaf_types, self.node_pos = n_leaves, leaf_types, node_pos
-        self.template, self.colls, self.trees = template, colls, trees
         early.update(pos for pos, _, _, _, fields in obj_fills if fields)
+
+        # The other objects are created and filled in batches: one per (height, type, keys),
+        # lowest first, so children exist before their parents. Each batch gets consecutive
+        # table cells (one slice assignment), so positions are remapped before use.
+        height: dict[int, int] = {}
+        groups: dict[tuple, list[tuple[int, tuple]]] = {}
+        for pos, typ, keys, idxs, _ in obj_fills:  # post-order: children first
+            if pos in early:
+                continue
+            h = height[pos] = 1 + max((height.get(i, 0) for i in idxs), default=0)
+            groups.setdefault((h, typ, keys), []).append((pos, idxs))
+        moved: dict[int, int] = {}
+        order = sorted(groups.items(), key=lambda item: item[0][0])
+        for _, members in order:
+            for pos, _ in members:
+                moved[pos] = len(template)
+                template.append(None)
+
+        def at(i: int) -> int:
+            return moved.get(i, i)
+
+        def at_all(idxs: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(map(at, idxs))
+
+        self.obj_groups = [
+            (
+                typ,
+                keys,
+                at(members[0][0]),
+                at(members[-1][0]) + 1,
+                [_getter(at_all(ix)) for _, ix in members],
+            )
+            for (_, typ, keys), members in order
+        ]
         self.early = [(pos, typ) for pos, typ, *_ in obj_fills if pos in early]
-        # Objects created and filled in one step (children before parents), then the
-        # objects made early, filled once everything exists.
-        self.obj_fills = [(p, t, k, g) for p, t, k, g, _ in obj_fills if p not in early]
-        self.early_fills = [(p, k, g, fields) for p, _, k, g, fields in obj_fills if p in early]
-        self.list_fills, self.dict_fills = list_fills, dict_fills
+        self.early_fills = [
+            (pos, keys, _getter(at_all(idxs)), fields)
+            for pos, _, keys, idxs, fields in obj_fills
+            if pos in early
+        ]
+        self.trees = [(pos, treedef, at_all(idxs)) for pos, treedef, idxs in trees]
+        self.list_fills = [(pos, at_all(idxs)) for pos, idxs in list_fills]
+        self.dict_fills = [(pos, keys, at_all(idxs)) for pos, keys, idxs in dict_fills]
+        self.num_leaves, self.leaf_types = n_leaves, leaf_types
+        self.node_pos = [at(i) for i in node_pos]
+        self.root = at(root)
+        self.template, self.colls = template, colls
 
     def run(self, leaves: list, copy: bool, metas: list | None, nodes_out: list | None) -> Any:
         n = self.num_leaves
@@ -408,9 +450,12 @@ class _BuildPlan:
         get = table.__getitem__
         for pos, treedef, idxs in self.trees:
             table[pos] = treedef.unflatten(list(map(get, idxs)))
-        for pos, typ, keys, getter in self.obj_fills:  # lengths of keys/getter fixed at compile
-            obj = table[pos] = new(typ)
-            obj.__dict__.update(zip(keys, getter(table), strict=False))
+        read = operator.methodcaller("__call__", table)
+        for typ, keys, start, stop, getters in self.obj_groups:
+            objs = list(map(new, repeat(typ, stop - start)))
+            table[start:stop] = objs
+            # obj.__dict__.update(zip(keys, getter(table))) for each, iterated in C
+            any(map(_update, map(_dict_of, objs), map(zip, repeat(keys), map(read, getters))))
         for pos, keys, getter, fields in self.early_fills:
             d = table[pos].__dict__
             d.update(zip(keys, getter(table), strict=False))
@@ -423,6 +468,10 @@ class _BuildPlan:
         if nodes_out is not None:
             nodes_out.extend(map(get, self.node_pos))
         return table[self.root]
+
+
+_update = dict.update
+_dict_of = operator.attrgetter("__dict__")
 
 
 def _getter(idxs: tuple[int, ...]) -> Callable[[list], tuple]:
