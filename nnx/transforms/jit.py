@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import operator
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -207,6 +208,8 @@ class JitWrapped:
             if hit is not None:
                 flat, new_args = hit
                 out, values, info = self._jitted(memo.spec, *new_args)
+                if not values and info.mode == "fast" and not info.metas:
+                    return out  # nothing changed inside (a forward pass)
                 return apply(flat, out, values, info, cache=True)
         spec, flat, new_args, new_kwargs = self._split(args, kwargs)
         jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
@@ -234,6 +237,7 @@ class JitWrapped:
         return apply(flat, out, values, info, write=False)
 
 
+_get_value = operator.attrgetter("_value")
 _PLAIN_EXACT = frozenset(
     {type(jax.numpy.zeros(())), np.ndarray, int, float, bool, complex, str, type(None)}
 )
@@ -291,7 +295,7 @@ class _LastCall:
                 for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
             ]
         else:
-            values = [leaf._value for leaf in flat.leaves]
+            values = list(map(_get_value, flat.leaves))
         new_args = list(args)
         slices = self.spec.slices
         if len(slices) == 1:
