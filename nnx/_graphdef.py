@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from . import _version
+from ._keys import sort_key as _sort_key
 from .errors import GraphDefMismatchError, format_path, short_list
 from .pytreelib import Dict, List, Pytree
 from .state import State, _flat_pairs, _iter_pairs, _nest_plan
@@ -59,14 +60,6 @@ def _items(value: Any, kind: int) -> list[tuple[Hashable, Any]]:
     if kind == _LIST:
         return list(enumerate(value))
     return [(k, dict.__getitem__(value, k)) for k in sorted(value, key=_sort_key)]
-
-
-def _sort_key(key: Any) -> tuple[int, Any]:
-    if isinstance(key, int):
-        return (0, key)
-    if isinstance(key, str):
-        return (1, key)
-    return (2, repr(key))
 
 
 # -- GraphDef -----------------------------------------------------------------------------

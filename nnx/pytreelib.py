@@ -37,6 +37,7 @@ import numpy as np
 from jax.tree_util import GetAttrKey
 
 from . import _version
+from ._keys import sort_key as _sort_key
 from .errors import AttributeNotFoundError
 from .variables import Variable
 
@@ -355,14 +356,6 @@ class Dict(dict):
 
     def __copy__(self) -> Dict:
         return Dict(self)
-
-
-def _sort_key(key: Any) -> tuple[int, Any]:
-    if isinstance(key, int):
-        return (0, key)
-    if isinstance(key, str):
-        return (1, key)
-    return (2, repr(key))
 
 
 def _register_container(cls: type, is_list: bool) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey
 
+from ._keys import sort_key as _sort_key
 from ._repr import object_repr, value_summary
 from .errors import (
     AttributeNotFoundError,
@@ -47,14 +48,6 @@ __all__ = [
 ]
 
 Path = tuple[Hashable, ...]
-
-
-def _sort_key(key: Hashable) -> tuple[int, Any]:
-    if isinstance(key, int):
-        return (0, key)
-    if isinstance(key, str):
-        return (1, key)
-    return (2, repr(key))
 
 
 class State(MutableMapping):
