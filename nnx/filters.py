@@ -27,6 +27,8 @@ from collections.abc import Callable, Hashable
 from typing import Any as _Any
 from typing import TypeAlias
 
+from .errors import ArgumentError
+
 __all__ = [
     "All",
     "Any",
@@ -66,7 +68,7 @@ def to_predicate(filter: Filter) -> Predicate:
         return Any(*filter)
     if callable(filter):
         return filter
-    raise TypeError(
+    raise ArgumentError(
         f"{filter!r} ({type(filter).__name__}) is not a filter. A filter is a Variable type "
         "(nnx.Param), ..., a string, a callable (path, value) -> bool, a tuple of filters, or "
         "one of nnx.All/Any/Not/PathContains/WithTag/OfType."

@@ -187,7 +187,7 @@ def test_everything_last_is_fine():
     "bad", [1, 2.5, object(), b"bytes"], ids=["int", "float", "object", "bytes"]
 )
 def test_a_non_filter_raises_type_error(bad):
-    with pytest.raises(TypeError, match="is not a filter"):
+    with pytest.raises(nnx.errors.ArgumentError, match="is not a filter"):
         to_predicate(bad)
     with pytest.raises(TypeError, match="is not a filter"):
         nnx.state(Model(), bad)
