@@ -55,20 +55,26 @@ def test_rank_promotion_raises():
         jnp.ones((2, 3)) + jnp.ones(3)
 
 
-def _pytest_command(text: str, source: str) -> list[str]:
-    """The single `<venv>/bin/python -m pytest ...` command in `text`, split into words."""
+def _pytest_commands(text: str) -> list[list[str]]:
+    """Every `<venv>/bin/python -m pytest ...` command in `text`, split into words."""
     commands = re.findall(r"^\s*(\S*/bin/python -m pytest\b[^|;&#\n]*)", text, re.MULTILINE)
-    assert len(commands) == 1, f"expected one pytest command in {source}, found {commands}"
-    return shlex.split(commands[0])
+    return [shlex.split(c) for c in commands]
 
 
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     tests_section = readme.split("\n## Tests\n", 1)[1].split("\n## ", 1)[0]
-    readme_cmd = _pytest_command(tests_section, "README.md's Tests section")
-    ci_cmd = _pytest_command((ROOT / ".ci" / "run").read_text(), ".ci/run")
+    readme_cmds = _pytest_commands(tests_section)
+    assert len(readme_cmds) == 1, f"expected one pytest command in README's Tests: {readme_cmds}"
+    readme_cmd = readme_cmds[0]
+    ci_cmds = _pytest_commands((ROOT / ".ci" / "run").read_text())
+    assert ci_cmds, ".ci/run runs no pytest command"
+    ci_cmd = ci_cmds[0]
     assert readme_cmd[0] == ".venv/bin/python"
     assert ci_cmd[0] == ".venv-ci/bin/python"
     assert readme_cmd[1:] == ci_cmd[1:], (
-        f"README runs {shlex.join(readme_cmd)} but .ci/run runs {shlex.join(ci_cmd)}"
+        f"README runs {shlex.join(readme_cmd)} but .ci/run runs {shlex.join(ci_cmd)} first"
     )
+    # Anything else CI runs is the same command on the slow cases.
+    for extra in ci_cmds[1:]:
+        assert extra == [*ci_cmd, "-m", "slow"], f".ci/run also runs {shlex.join(extra)}"
