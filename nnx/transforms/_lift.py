@@ -23,6 +23,7 @@ Inside the trace:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ __all__ = [
 
 _GRAPH_TYPES = (Pytree, List, Dict, Variable)
 _PLAIN_TYPES = (jax.Array, np.ndarray, int, float, bool, complex, str, type(None))
+_PLAIN_EXACT = frozenset({type(jax.numpy.zeros(())), *_PLAIN_TYPES[1:]})
 
 
 def _is_graph_leaf(x: Any) -> bool:
@@ -63,6 +65,8 @@ def _is_graph_leaf(x: Any) -> bool:
 
 def contains_graph(x: Any) -> bool:
     """True if `x` is, or is a pytree holding, a Module/Variable/Rngs/List/Dict."""
+    if type(x) in _PLAIN_EXACT:  # the common non-graph argument (a batch), no ABC checks
+        return False
     if isinstance(x, _GRAPH_TYPES):
         return True
     if isinstance(x, _PLAIN_TYPES):
@@ -143,14 +147,21 @@ def split_args(
     spec = flat.extra.get(key)
     if spec is None:
         spec = flat.extra[key] = CallSpec(flat, key)
+    return spec, flat, leaf_values(flat)
+
+
+_get_value = operator.attrgetter("_value")
+
+
+def leaf_values(flat: _Flat) -> list[Any]:
+    """The values a compiled call takes for a flatten's leaves: each Variable's value, and
+    raw array leaves as they are (read fresh by the flatten's cache hit or refresh)."""
     if flat.has_raw:
-        values = [
+        return [
             leaf._value if slot is None else leaf
             for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
         ]
-    else:
-        values = [leaf._value for leaf in flat.leaves]
-    return spec, flat, values
+    return list(map(_get_value, flat.leaves))
 
 
 def replace_graph_args(

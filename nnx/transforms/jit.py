@@ -27,13 +27,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import operator
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-import numpy as np
 
 from ..errors import TransformError
 from ..graph import _flatten_full, _write_slot
@@ -46,6 +44,7 @@ from ._lift import (
     apply,
     collect,
     contains_graph,
+    leaf_values,
     rebuild,
     replace_graph_args,
     split_args,
@@ -237,12 +236,6 @@ class JitWrapped:
         return apply(flat, out, values, info, write=False)
 
 
-_get_value = operator.attrgetter("_value")
-_PLAIN_EXACT = frozenset(
-    {type(jax.numpy.zeros(())), np.ndarray, int, float, bool, complex, str, type(None)}
-)
-
-
 class _LastCall:
     """The graph arguments of the last call, to skip the argument scan and the cache lookup
     when the next call passes the same objects (a training loop): valid while the flatten is
@@ -283,19 +276,13 @@ class _LastCall:
             if args[p] is not nodes[i]:
                 return None
         for i in self.others:
-            a = args[i]
-            if type(a) not in _PLAIN_EXACT and contains_graph(a):
+            if contains_graph(args[i]):
                 return None
         if not flat.valid():
             return None
         if flat.has_raw:
             flat.refresh_raw_leaves()
-            values = [
-                leaf._value if slot is None else leaf
-                for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
-            ]
-        else:
-            values = list(map(_get_value, flat.leaves))
+        values = leaf_values(flat)
         new_args = list(args)
         slices = self.spec.slices
         if len(slices) == 1:
