@@ -201,20 +201,15 @@ def _build(
                 if meta is not None and meta is not old._meta and meta != old._meta:
                     _replace_metadata(old, meta)
                 var = old
-            elif isinstance(leaf, Variable):
-                var = leaf.copy() if copy else leaf
             else:
-                var = vtype.__new__(vtype)
-                Variable.__init__(var, leaf)
-                if meta:
-                    object.__setattr__(var, "_meta", meta)
+                var = _leaf_object(vtype, leaf, copy, meta)
             nodes[i] = var
             return var
         if tag == _LEAF:
             leaf = next(it)
             if meta_it is not None:
                 next(meta_it)
-            return leaf._value if isinstance(leaf, Variable) else leaf
+            return _leaf_object(None, leaf, copy, None)
         if tag == _STATIC:
             return cd[1]
         if tag == _NODE:
