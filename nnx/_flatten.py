@@ -16,6 +16,7 @@ which take no stamps, are compared by identity instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from operator import is_not
 from typing import Any
 
 import jax
@@ -69,6 +70,7 @@ class _Flat:
         "slots",
         "stamps",
         "state_plan",
+        "states",
         "untracked",
     )
 
@@ -83,6 +85,7 @@ class _Flat:
         self.clock = _version.now()
         self.extra: dict[Any, Any] = {}  # per-entry data of transforms (their call specs)
         self.untracked: list[tuple] = []  # mutable containers without stamps (see below)
+        self.states: list[tuple[State, int]] = []  # States walked as structure, their stamps
 
     def valid(self) -> bool:
         if self.untracked and not _untracked_unchanged(self.untracked):
@@ -92,6 +95,9 @@ class _Flat:
             return True
         for obj, stamp in zip(self.nodes, self.stamps, strict=True):
             if getattr(obj, "_nnx_stamp", 0) != stamp:
+                return False
+        for state, stamp in self.states:
+            if state._nnx_stamp != stamp:
                 return False
         self.clock = now
         return True
@@ -178,7 +184,11 @@ def _flatten_full(root: Any) -> _Flat:
             pairs, treedef = jax.tree_util.tree_flatten_with_path(
                 value, is_leaf=lambda x: x is not value
             )
-            if not isinstance(value, tuple):
+            if type(value) is State:  # stamped on change: checked only when the clock moved
+                if not value._nnx_stamp:
+                    object.__setattr__(value, "_nnx_stamp", -1)
+                flat.states.append((value, value._nnx_stamp))
+            elif not isinstance(value, tuple):
                 untracked.append(_untracked_entry(value, treedef, pairs))
             children = []
             for keypath, child in pairs:
@@ -202,26 +212,24 @@ def _untracked_entry(value: Any, treedef: Any, pairs: list) -> tuple:
         return (value, tuple(value), None)
     if type(value) is dict:
         return (value, dict(value), None)
-    if type(value) is State:
-        return (value, dict(value._mapping), None)
     return (value, tuple(c for _, c in pairs), treedef)
 
 
 def _untracked_unchanged(entries: list[tuple]) -> bool:
+    # identity comparisons through map(operator.is_not, ...): no Python frame per child
     for obj, snap, treedef in entries:
         t = type(obj)
         if t is list:
-            if len(obj) != len(snap) or any(a is not b for a, b in zip(obj, snap, strict=True)):
+            if len(obj) != len(snap) or any(map(is_not, obj, snap)):
                 return False
-        elif t is dict or t is State:
-            d = obj if t is dict else obj._mapping
-            if len(d) != len(snap) or any(d.get(k, _MISSING) is not v for k, v in snap.items()):
+        elif t is dict:
+            if obj.keys() != snap.keys() or any(
+                map(is_not, map(obj.__getitem__, snap), snap.values())
+            ):
                 return False
         else:
             children, now = jax.tree_util.tree_flatten(obj, is_leaf=_not(obj))
-            if now != treedef or len(children) != len(snap):
-                return False
-            if any(a is not b for a, b in zip(children, snap, strict=True)):
+            if now != treedef or len(children) != len(snap) or any(map(is_not, children, snap)):
                 return False
     return True
 
@@ -477,9 +485,10 @@ def _read_raw(value: Any, node: tuple, leaves: list) -> None:
 def _write_raw_leaves(flat: _Flat, pairs: list[tuple[int, Any]], root: Any = None) -> None:
     """Writes new values of raw leaves, given as ``(leaf index, value)``, into the graph and
     into ``flat.leaves``: per attribute, the containers on the way are visited once; plain
-    lists, dicts and States are written in place (their snapshots in ``flat.untracked`` kept
-    in step, so the entry stays valid), tuples and other pytrees rebuilt. `root` is needed
-    only for the raw leaves of a plain root (a dict or list), written in that container."""
+    lists, dicts and States are written in place (the lists' and dicts' snapshots in
+    ``flat.untracked`` kept in step and no State stamped, so the entry stays valid), tuples
+    and other pytrees rebuilt. `root` is needed only for the raw leaves of a plain root (a
+    dict or list), written in that container."""
     if not pairs:
         return
     leaves = flat.leaves

@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import jax
@@ -88,12 +88,13 @@ def is_array(value: Any) -> bool:
 
 def is_data(value: Any) -> bool:
     """True when a value is data by default: a Variable, a Pytree or tracked container, an
-    array (or its abstract ShapeDtypeStruct), or a list/dict/tuple that contains any of those."""
+    array (or its abstract ShapeDtypeStruct), or a list/tuple/mapping (a dict, a State) that
+    contains any of those."""
     if isinstance(value, Variable | Pytree | List | Dict | _ARRAY_TYPES):
         return True
     if isinstance(value, list | tuple):
         return any(is_data(v) for v in value)
-    if isinstance(value, dict):
+    if isinstance(value, dict | Mapping):
         return any(is_data(v) for v in value.values())
     return False
 

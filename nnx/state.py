@@ -23,6 +23,7 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey
 
+from . import _version
 from ._keys import sort_key as _sort_key
 from ._repr import object_repr, value_summary
 from .errors import (
@@ -57,7 +58,10 @@ class State(MutableMapping):
       mapping: a (nested) mapping; inner mappings become States.
     """
 
-    __slots__ = ("_mapping",)
+    # _nnx_stamp: unset (reads 0) until a graph's flatten watches this State (a State held
+    # under nnx.data, e.g. in optimizer state); then -1, and a fresh structure-clock stamp
+    # after each change, so the flatten cache notices without comparing the State's items.
+    __slots__ = ("_mapping", "_nnx_stamp")
 
     def __init__(self, mapping: Mapping | Sequence[tuple[Hashable, Any]] = (), /):
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
@@ -87,9 +91,13 @@ class State(MutableMapping):
         if isinstance(value, Mapping) and not isinstance(value, State):
             value = State(value)
         self._mapping[key] = value
+        if self._nnx_stamp:
+            object.__setattr__(self, "_nnx_stamp", _version.bump())
 
     def __delitem__(self, key: Hashable) -> None:
         del self._mapping[key]
+        if self._nnx_stamp:
+            object.__setattr__(self, "_nnx_stamp", _version.bump())
 
     def __iter__(self) -> Iterator[Hashable]:
         return iter(self._mapping)
@@ -98,6 +106,8 @@ class State(MutableMapping):
         return len(self._mapping)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_nnx_stamp":  # the slot is unset: not watched by any flatten
+            return 0
         if name.startswith("__"):
             raise AttributeError(name)
         try:

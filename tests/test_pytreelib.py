@@ -310,6 +310,9 @@ def test_is_data_defaults():
     assert not nnx.pytreelib.is_data(1)
     assert not nnx.pytreelib.is_data("x")
     assert not nnx.pytreelib.is_data([1, 2, "a"])
+    # a State (a Mapping, not a dict) holding arrays, as in an optax state of States
+    assert nnx.pytreelib.is_data((nnx.State({"mu": {"w": jnp.ones(1)}}),))
+    assert not nnx.pytreelib.is_data(nnx.State({"n": 3}))
 
 
 def test_pytree_base_registers_subclasses_with_jax():

@@ -629,6 +629,12 @@ def _dict_in_tuple() -> Tree:
     return m
 
 
+def _state_in_tuple() -> Tree:
+    m = Tree()  # an optax state of nnx.State mappings: States inside a (named)tuple
+    m.nest = (nnx.State({"k": jnp.ones(1), "inner": {"p": nnx.Param(jnp.ones(2))}}),)
+    return m
+
+
 UNTRACKED = {
     "nnx.data-list-append": (_data_list, lambda m: m.blocks.append(Leaf()), ("blocks", 2)),
     "nnx.data-list-setitem": (
@@ -651,6 +657,31 @@ UNTRACKED = {
         _dict_in_tuple,
         lambda m: m.nest[0].__setitem__("k", jnp.full((1,), 5.0)),
         ("nest", 0, "k"),
+    ),
+    "State-in-tuple-setitem": (
+        _state_in_tuple,
+        lambda m: m.nest[0].__setitem__("j", jnp.ones(2)),
+        ("nest", 0, "j"),
+    ),
+    "State-in-tuple-setattr": (
+        _state_in_tuple,
+        lambda m: setattr(m.nest[0], "j", nnx.BatchStat(jnp.ones(2))),
+        ("nest", 0, "j"),
+    ),
+    "State-in-tuple-value": (
+        _state_in_tuple,
+        lambda m: m.nest[0].__setitem__("k", jnp.full((1,), 5.0)),
+        ("nest", 0, "k"),
+    ),
+    "State-in-tuple-del": (
+        _state_in_tuple,
+        lambda m: m.nest[0].__delitem__("k"),
+        ("nest", 0, "inner", "p"),
+    ),
+    "nested-State-setitem": (
+        _state_in_tuple,
+        lambda m: m.nest[0]["inner"].__setitem__("q", nnx.Param(jnp.ones(3))),
+        ("nest", 0, "inner", "q"),
     ),
 }
 
@@ -828,6 +859,37 @@ def test_jit_raw_write_back_then_container_mutation_is_seen() -> None:
     assert int(step(model)) == 2
     assert sorted(nnx.state(model)["d"]) == ["a", "b"]
     np.testing.assert_array_equal(d["a"], np.full((2,), 3.0))
+
+
+def test_jit_sees_a_state_under_data_changed_between_calls() -> None:
+    """A State held in the graph takes a stamp when it changes: the jit memo must not replay
+    the old structure after a key is added, and must read a replaced array."""
+    model = nnx.Module()
+    model.s = nnx.data(nnx.State({"a": jnp.zeros(2)}))
+
+    @nnx.jit
+    def total(m: nnx.Module) -> jax.Array:
+        return sum(jnp.sum(v) for v in jax.tree.leaves(m.s))
+
+    assert float(total(model)) == 0.0 and float(total(model)) == 0.0
+    model.s["b"] = jnp.ones(3)
+    assert float(total(model)) == 3.0
+    model.s["a"] = jnp.full((2,), 2.0)
+    assert float(total(model)) == 7.0
+    del model.s["b"]
+    assert float(total(model)) == 4.0
+
+
+def test_a_state_not_in_any_graph_takes_no_stamp() -> None:
+    """Setting items on an ordinary State (gradients, a state read with nnx.state) does not
+    move the structure clock: the flatten caches of all models stay valid."""
+    from nnx import _version
+
+    s = nnx.State({"a": jnp.zeros(2)})
+    before = _version.now()
+    s["b"] = jnp.ones(1)
+    del s["a"]
+    assert _version.now() == before
 
 
 # -- module-level operations --------------------------------------------------------------
