@@ -36,6 +36,29 @@ def test_repeated_calls_write_back_every_time():
     np.testing.assert_allclose(m.w.value, 5 * np.ones(3))
 
 
+def test_two_functions_on_the_same_model_keep_their_own_write_plans():
+    """A training step (writes w and calls) and an evaluation (writes nothing) share the
+    model's flatten; alternating them, each writes back by its own plan."""
+
+    @nnx.jit
+    def evaluate(model, x):
+        return (x * model.w.value).sum()
+
+    @nnx.jit
+    def count(model, x):
+        model.calls.value += 1
+        return x
+
+    m = Acc()
+    for k in range(1, 6):
+        step(m, jnp.ones(3))
+        evaluate(m, jnp.ones(3))
+        count(m, jnp.ones(3))
+        assert int(m.calls.value) == 2 * k
+        np.testing.assert_allclose(m.w.value, (1 + k) * np.ones(3))
+    np.testing.assert_allclose(evaluate(m, jnp.ones(3)), 18.0)
+
+
 def test_another_model_of_the_same_structure_is_the_one_updated():
     a, b = Acc(), Acc()
     step(a, jnp.ones(3))
@@ -98,10 +121,12 @@ def test_memo_does_not_keep_the_model_alive():
     m = Acc()
     step(m, jnp.ones(3))
     step(m, jnp.ones(3))
-    ref = weakref.ref(m)
+    step(m, jnp.ones(3))  # the third call writes back through the cached write plan
+    ref, var_ref = weakref.ref(m), weakref.ref(m.calls)
     del m
     gc.collect()
     assert ref() is None
+    assert var_ref() is None  # nor its Variables (and their buffers)
     # the next call with a new model works (the memo's flatten is gone)
     m2 = Acc()
     step(m2, jnp.ones(3))
