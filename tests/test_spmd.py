@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
@@ -413,6 +414,62 @@ def test_restore_a_checkpoint_into_the_sharded_abstract_model(tmp_path, mesh):
     assert shard_shape(abstract.up.kernel.value) == (4, 4)
     for path, value in flat(nnx.state(abstract)).items():
         np.testing.assert_array_equal(value, flat(nnx.state(source))[path], err_msg=str(path))
+
+
+# -- optimizer state ------------------------------------------------------------------------------
+
+
+def test_optimizer_moments_take_the_params_annotations():
+    model = Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(
+        model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), wrt=nnx.Param
+    )
+    specs = flat(nnx.get_partition_spec(nnx.state(optimizer.opt_state)))
+    adam = {p[1:]: spec for p, spec in specs.items() if p[0] == 1}
+    for moment in ("mu", "nu"):
+        for path in [("up", "kernel"), ("up", "bias"), ("down", "kernel"), ("down", "bias")]:
+            assert adam[(0, moment, *path)] == EXPECTED_SPECS[path], (moment, path)
+    assert adam[(0, "count")] == P()
+    kernel_mu = optimizer.opt_state[1][0].mu["up"]["kernel"]
+    assert isinstance(kernel_mu, nnx.OptArray)
+    assert kernel_mu.out_sharding == ("data", "model")
+
+
+def test_sharded_model_and_optimizer_train_on_the_mesh(mesh):
+    with jax.set_mesh(mesh):
+        model = Net(nnx.Rngs(0), mesh=mesh)
+        optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    mu = optimizer.opt_state[0].mu
+    assert mu["up"]["kernel"].value.sharding.is_equivalent_to(
+        NamedSharding(mesh, P("data", "model")), 2
+    )
+    # The abstract optimizer gives the shardings to create or restore it with.
+    with jax.set_mesh(mesh):
+        abstract = nnx.eval_shape(
+            lambda: nnx.Optimizer(Net(nnx.Rngs(0)), optax.adam(1e-2), wrt=nnx.Param)
+        )
+    named = flat(nnx.get_named_sharding(nnx.state(abstract.opt_state), mesh))
+    assert named[(0, "nu", "down", "kernel")].spec == P("model", "data")
+
+    @nnx.jit
+    def step(model, optimizer, x):
+        grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+
+    x = jax.device_put(jnp.ones((4, 8)), NamedSharding(mesh, P("data", None)))
+    before = np.asarray(model.up.kernel.value)
+    step(model, optimizer, x)
+    step(model, optimizer, x)
+    assert not np.allclose(before, model.up.kernel.value)
+    # annotated params and their moments keep their sharding (unannotated ones, like
+    # down.bias, are placed by the compiler, as with plain jax.jit)
+    for path in [("up", "kernel"), ("up", "bias"), ("down", "kernel")]:
+        spec = NamedSharding(mesh, EXPECTED_SPECS[path])
+        param = flat(nnx.state(model))[path]
+        moment = flat(nnx.state(optimizer.opt_state))[(0, "mu", *path)]
+        assert param.sharding.is_equivalent_to(spec, param.ndim), path
+        assert moment.sharding.is_equivalent_to(spec, moment.ndim), path
+    assert int(optimizer.step.value) == 2
 
 
 # -- vmap: PARTITION_NAME --------------------------------------------------------------------------

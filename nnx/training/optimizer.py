@@ -94,6 +94,32 @@ def _as_graph_data(tree: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, [_as_graph_data(c) for c in children])
 
 
+def _key_of(entry: Any) -> Any:
+    for name in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey / FlattenedIndexKey
+        if hasattr(entry, name):
+            return getattr(entry, name)
+    return entry
+
+
+def _opt_arrays(init: Any, trained: Mapping) -> Any:
+    """The optax state with each array in an OptArray. An array that mirrors a trained
+    Variable (a moment: the Variable's path ends its own path, same shape) takes that
+    Variable's metadata, as in flax, so its sharding annotation (``out_sharding``) carries
+    over: ``nnx.get_partition_spec(nnx.state(optimizer))`` shards moments like params."""
+    metas = {path: (jnp.shape(v._value), v._meta) for path, v in _flat_pairs(trained)}
+    depth = max((len(p) for p in metas), default=0)
+
+    def wrap(keypath: tuple, leaf: Any) -> OptArray:
+        path = tuple(_key_of(k) for k in keypath)
+        for start in range(max(0, len(path) - depth), len(path)):
+            hit = metas.get(path[start:])
+            if hit is not None and hit[0] == jnp.shape(leaf):
+                return OptArray(leaf, **hit[1])
+        return OptArray(leaf)
+
+    return jax.tree_util.tree_map_with_path(wrap, init)
+
+
 class Optimizer(Pytree):
     """Holds an optax transformation's state and applies its updates to a model in place.
 
@@ -115,12 +141,12 @@ class Optimizer(Pytree):
         self.tx = tx
         self.wrt = wrt
         self.model = model
-        params = _values(_state(model, wrt))
-        init = tx.init(params)
+        trained = _state(model, wrt)
+        init = tx.init(_values(trained))
         # optax gets its state back in the very structure it built (plain dicts), whatever
         # containers the graph keeps it in.
         self._opt_treedef = static(jax.tree.structure(init))
-        self.opt_state = data(_as_graph_data(jax.tree.map(OptArray, init)))
+        self.opt_state = data(_as_graph_data(_opt_arrays(init, trained)))
 
     def update(self, model_or_grads: Any, grads: Any = None, /, **kwargs: Any) -> Any:
         """Applies one update: ``update(model, grads)`` (or ``update(grads)`` for the model
