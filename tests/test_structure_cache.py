@@ -689,7 +689,8 @@ UNTRACKED = {
 @pytest.mark.parametrize("name", list(UNTRACKED))
 def test_untracked_container_mutation_is_seen(name: str) -> None:
     """Plain lists/dicts that are not converted to nnx.List/nnx.Dict (under nnx.data, inside
-    a tuple) are mutated without a stamp; the cache must still notice."""
+    a tuple) are mutated without a stamp, and States held in the graph take one only when
+    they change; the cache must notice both."""
     build, mutate, path = UNTRACKED[name]
     model = build()
     warm(model)
