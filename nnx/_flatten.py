@@ -376,10 +376,12 @@ def _write_slot(slot: tuple, new: Any, root: Any = None) -> None:
 # the leaf index when the attribute is the raw leaf itself, else a node
 # ``(kind, untracked index or -1, ((access, leaf index or node), ...))`` for each container
 # on the way to raw leaves; ``group_of`` maps a leaf index to its group.
-_K_LIST, _K_DICT, _K_STATE, _K_TUPLE, _K_SEQ, _K_GEN = range(6)
+_K_LIST, _K_DICT, _K_STATE, _K_TUPLE, _K_SEQ, _K_GEN, _K_NAMED = range(7)
 # in place:  list, dict (access: index, key), State (access: key into its mapping);
-# rebuilt:   tuple (index), tuple subclass e.g. namedtuple (index = flatten position),
-#            any other pytree (access: position among its one-level flatten's children).
+# rebuilt:   tuple (index), a namedtuple whose pytree children are its fields (index, rebuilt
+#            with ``_make``: an optax state), another tuple subclass (index = flatten
+#            position), any other pytree (access: position among its one-level flatten's
+#            children).
 
 
 def _raw_plan(flat: _Flat) -> tuple:
@@ -419,6 +421,13 @@ def _raw_node(value: Any, items: list[tuple[Path, int]], uindex: dict[int, int])
     for subpath, i in items:
         by_entry.setdefault(subpath[0], []).append((subpath[1:], i))
     kind = _raw_kind(value)
+    if (
+        kind == _K_SEQ
+        and hasattr(type(value), "_make")
+        and len(pairs) == len(value)
+        and all(c is v for (_, c), v in zip(pairs, value, strict=True))
+    ):
+        kind = _K_NAMED
     direct = value._mapping if kind == _K_STATE else value
     entries = []
     for entry, sub_items in by_entry.items():
@@ -539,8 +548,11 @@ def _write_raw(value: Any, node: tuple, new: dict[int, Any], untracked: list[tup
             else:
                 snap.update(changes)
         return value
+    make = None
     if kind == _K_TUPLE:
         children, treedef = list(value), None
+    elif kind == _K_NAMED:
+        children, treedef, make = list(value), None, type(value)._make
     else:
         children, treedef = jax.tree_util.tree_flatten(value, is_leaf=_not(value))
     changed = False
@@ -553,7 +565,7 @@ def _write_raw(value: Any, node: tuple, new: dict[int, Any], untracked: list[tup
     if not changed:
         return value
     if treedef is None:
-        return tuple(children)
+        return tuple(children) if make is None else make(children)
     rebuilt = treedef.unflatten(children)
     if uidx >= 0 and untracked[uidx][0] is value:
         untracked[uidx] = (rebuilt, tuple(children), treedef)
