@@ -10,6 +10,9 @@ checks that all implementations give the floor's output after two train steps:
                   state held in an ``nnx.Pytree`` (``nnx.data``) and updated in place, the new
                   params written with ``nnx.update``: what a user writes without an Optimizer.
 * ``nnx-opt``     the same step with ``nnx.Optimizer`` (skipped if nnx has none).
+* ``nnx-cached``  ``nnx.cached_partial(nnx.jit(step), model, optimizer)``, and
+  ``nnx-jit-partial`` ``nnx.jit_partial(step, model, optimizer)``: the flax spellings,
+                  which with nnx's structure cache should be no faster than plain ``nnx.jit``.
 * ``flax``        flax.nnx's default ``nnx.jit`` with ``nnx.Optimizer``.
 * ``flax-cached`` flax.nnx ``nnx.cached_partial(step, model, optimizer)`` (if available).
 * ``flax-split``  flax.nnx split/merge outside: ``nnx.split`` once, ``jax.jit`` over a pure
@@ -201,16 +204,62 @@ def build_nnx(weights, x, y) -> Impl:
     return _module_impl(nnx.jit, train_step, model, opt, x, y, lambda: first.value)
 
 
-def build_nnx_opt(weights, x, y) -> Impl:
-    nnx, model = _nnx_model(weights)
-
+def _nnx_opt_step(nnx):
     def train_step(model, optimizer, x, y):
         grads = nnx.grad(_nnx_loss)(model, x, y)
         optimizer.update(model, grads)
 
+    return train_step
+
+
+def build_nnx_opt(weights, x, y) -> Impl:
+    nnx, model = _nnx_model(weights)
     first = model.layers[0].kernel
     optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
-    return _module_impl(nnx.jit, train_step, model, optimizer, x, y, lambda: first.value)
+    step = _nnx_opt_step(nnx)
+    return _module_impl(nnx.jit, step, model, optimizer, x, y, lambda: first.value)
+
+
+def build_nnx_cached(weights, x, y) -> Impl:
+    """nnx.cached_partial over nnx.jit, as code written against flax does it."""
+    nnx, model = _nnx_model(weights)
+    optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
+    cached_train = nnx.cached_partial(nnx.jit(_nnx_opt_step(nnx)), model, optimizer)
+    cached_forward = nnx.cached_partial(nnx.jit(lambda model, x: model(x)), model)
+    first = model.layers[0].kernel
+
+    def train(n):
+        for _ in range(n):
+            cached_train(x, y)
+        return first.value
+
+    def fwd(n):
+        for _ in range(n):
+            out = cached_forward(x)
+        return out
+
+    return Impl(train, fwd, lambda: cached_forward(x))
+
+
+def build_nnx_jit_partial(weights, x, y) -> Impl:
+    """nnx.jit_partial: the graph arguments bound when the function is compiled."""
+    nnx, model = _nnx_model(weights)
+    optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
+    train_step = nnx.jit_partial(_nnx_opt_step(nnx), model, optimizer)
+    forward = nnx.jit_partial(lambda model, x: model(x), model)
+    first = model.layers[0].kernel
+
+    def train(n):
+        for _ in range(n):
+            train_step(x, y)
+        return first.value
+
+    def fwd(n):
+        for _ in range(n):
+            out = forward(x)
+        return out
+
+    return Impl(train, fwd, lambda: forward(x))
 
 
 def _flax_model(weights):
@@ -409,6 +458,8 @@ IMPLS: dict[str, tuple[str, Callable[..., Impl], str]] = {
     "floor": ("floor: jax.jit + optax", build_floor, "jax"),
     "nnx": ("nnx: nnx.jit, optax state in nnx.data", build_nnx, "nnx"),
     "nnx-opt": ("nnx: nnx.jit + Optimizer", build_nnx_opt, "nnx"),
+    "nnx-cached": ("nnx: cached_partial + Optimizer", build_nnx_cached, "nnx"),
+    "nnx-jit-partial": ("nnx: jit_partial + Optimizer", build_nnx_jit_partial, "nnx"),
     "flax": ("flax.nnx: nnx.jit + Optimizer", build_flax, "flax.nnx"),
     "flax-cached": ("flax.nnx: cached_partial", build_flax_cached, "flax.nnx"),
     "flax-split": ("flax.nnx: split + jax.jit", build_flax_split, "flax.nnx"),
@@ -429,7 +480,7 @@ def available(names: list[str]) -> tuple[list[str], list[str]]:
         if name == "flax-cached" and not hasattr(imported, "cached_partial"):
             skipped.append(f"{name} (flax.nnx has no cached_partial)")
             continue
-        if name == "nnx-opt" and not hasattr(imported, "Optimizer"):
+        if name.startswith("nnx-") and not hasattr(imported, "Optimizer"):
             skipped.append(f"{name} (nnx has no Optimizer yet)")
             continue
         ok.append(name)
