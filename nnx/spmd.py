@@ -652,3 +652,33 @@ def _stacked_metadata(
         if other != PARTITION_NAME and isinstance(meta.get(other), tuple):
             out[other] = _insert(meta[other], index, name)
     return out
+
+
+def _remove(names: Any, index: int, name: Any) -> Any:
+    entries = list(_names(names))
+    if index < 0:
+        index += len(entries)
+    if not 0 <= index < len(entries) or entries[index] != name:
+        return names  # not stacked along this axis under this name: left as it is
+    del entries[index]
+    if isinstance(names, PartitionSpec):
+        return PartitionSpec(*entries)
+    if isinstance(names, NamedSharding):
+        return NamedSharding(names.mesh, PartitionSpec(*entries))
+    return tuple(entries)
+
+
+def _unstacked_metadata(
+    meta: Mapping[str, Any], index: int, transform_metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The metadata of one slice of a Variable stacked along axis `index` (inside
+    ``nnx.scan``): the inverse of :func:`_stacked_metadata`."""
+    out = dict(meta)
+    partition = transform_metadata.get(PARTITION_NAME)
+    key, names = _annotation(meta)
+    if partition is not None and key is not None:
+        out[key] = _remove(names, index, partition)
+    for other, name in transform_metadata.items():
+        if other != PARTITION_NAME and isinstance(meta.get(other), tuple):
+            out[other] = _remove(meta[other], index, name)
+    return out

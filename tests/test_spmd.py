@@ -539,6 +539,60 @@ def test_vmap_partition_name_matches_flax(mesh):
     )
 
 
+def test_scan_partition_name_is_removed_inside_and_back_outside(mesh):
+    """Scan over layers stacked by vmap: inside, a layer's annotation is that of one slice
+    (usable for a sharding constraint); afterwards the stacked annotation is back, and a
+    Variable created inside (on the scanned layer) is stacked with the name inserted."""
+    blocks = stacked(0, mesh=mesh, n=3)
+    seen = []
+
+    @nnx.scan(
+        in_axes=(0, nnx.Carry),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def run(block, x):
+        kernel = block.lin.kernel
+        seen.append(kernel.out_sharding)
+        spec = nnx.get_partition_spec(kernel).value
+        w = jax.lax.with_sharding_constraint(kernel.value, NamedSharding(mesh, spec))
+        return jnp.tanh(x @ w[:, :8])
+
+    with jax.set_mesh(mesh):
+        y = nnx.jit(run)(blocks, jnp.ones((4, 8)))
+    assert seen == [("data", "model")]
+    assert y.shape == (4, 8)
+    assert blocks.lin.kernel.out_sharding == ("layers", "data", "model")
+
+    @nnx.scan(
+        in_axes=(0, nnx.Carry),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def grow(block, x):
+        block.scale = nnx.Param(jnp.ones((8,)), out_sharding=("model",))
+        return x
+
+    grow(blocks, jnp.ones((4, 8)))
+    assert blocks.scale.value.shape == (3, 8)
+    assert blocks.scale.out_sharding == ("layers", "model")
+    assert blocks.lin.kernel.out_sharding == ("layers", "data", "model")
+
+
+def test_scan_without_transform_metadata_leaves_annotations_alone(mesh):
+    blocks = stacked(0, mesh=mesh, n=2)
+    seen = []
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    def run(block, x):
+        seen.append(block.lin.kernel.out_sharding)
+        return x
+
+    run(blocks, jnp.ones((4, 8)))
+    assert seen == [("layers", "data", "model")]
+    assert blocks.lin.kernel.out_sharding == ("layers", "data", "model")
+
+
 def test_vmap_other_transform_metadata_entries_go_into_tuple_metadata():
     rngs = nnx.Rngs(0)
 

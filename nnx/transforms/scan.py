@@ -35,6 +35,7 @@ Example (scan over stacked layers):
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +45,8 @@ import jax.numpy as jnp
 
 from ..errors import TraceContextError, TransformError
 from ..graph import _build, _flatten_full
-from ..variables import Variable
+from ..spmd import _stacked_metadata, _unstacked_metadata
+from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,
     Frame,
@@ -165,6 +167,29 @@ def _restructure(
     return post.graphdef, reuse, at, scan_js, tuple(roles)
 
 
+def _sliced_spec(spec: Any, scanned: list[int], leaf_axes: list, names: dict) -> Any:
+    """`spec` with the metadata the body sees: a scanned Variable's annotation without the
+    ``transform_metadata`` names at its scanned axis (one slice of a stacked Variable)."""
+    if not names or not scanned:
+        return spec
+    metas = list(spec.metas)
+    for i in scanned:
+        if metas[i] is not None:
+            metas[i] = _Meta(_unstacked_metadata(metas[i], leaf_axes[i], names))
+    body = copy.copy(spec)
+    body.metas = tuple(metas)
+    return body
+
+
+def _restack(metas: list, scanned: list[int], axes: list, names: dict) -> tuple:
+    """The body's metadata as seen outside: the names put back at the scanned axes."""
+    if names:
+        for i in scanned:
+            if metas[i] is not None:
+                metas[i] = _Meta(_stacked_metadata(metas[i], axes[i], names))
+    return tuple(metas)
+
+
 def scan(
     f: Callable | None = None,
     *,
@@ -182,6 +207,9 @@ def scan(
       reverse, unroll: as in ``jax.lax.scan``.
       in_axes: per positional argument: ``nnx.Carry``, an int, None, or a StateAxes.
       out_axes: ``nnx.Carry``, an int, or a tuple of those matching `f`'s output tuple.
+      transform_metadata: ``{nnx.PARTITION_NAME: 'layers'}``: inside `f`, a scanned
+        Variable's sharding annotation (and any other tuple metadata named here) lacks that
+        name at its scanned axis, as one slice of the stacked Variable; outside it is back.
     """
     if f is None:
         return functools.partial(
@@ -193,6 +221,8 @@ def scan(
             out_axes=out_axes,
             transform_metadata=transform_metadata,
         )
+
+    meta_names = dict(transform_metadata or {})
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
@@ -219,6 +249,7 @@ def scan(
                 raise TransformError(f"nnx.scan: unsupported axis {ax!r} for a graph leaf.")
         scanned = [i for i, ax in enumerate(leaf_axes) if isinstance(ax, int)]
         carried = [i for i, ax in enumerate(leaf_axes) if not isinstance(ax, int)]
+        body_spec = _sliced_spec(spec, scanned, leaf_axes, meta_names)
         plain_carry_pos = carry_pos[0] if carry_pos and carry_pos[0] not in graph_pos else None
         xs_plain = {
             i: a
@@ -264,20 +295,21 @@ def scan(
             if plain_carry_pos is not None:
                 call[plain_carry_pos] = plain_carry
             with Frame():
-                roots, nodes = rebuild(spec, vals)
+                roots, nodes = rebuild(body_spec, vals)
                 new_args, _ = replace_graph_args(call, {}, spec, roots)
                 out = f(*new_args)
                 post = _flatten_full(roots)
                 new = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
-                metas = tuple(
-                    leaf._meta if isinstance(leaf, Variable) else None for leaf in post.leaves
-                )
+                metas = [leaf._meta if isinstance(leaf, Variable) else None for leaf in post.leaves]
                 if post.graphdef == spec.graphdef:
-                    static_box[:] = [(metas, None)]
+                    static_box[:] = [(_restack(metas, scanned, leaf_axes, meta_names), None)]
                     carry_new = [new[i] for i in carried]
                     scan_new = [new[i] for i in scanned]
                 else:
                     change = _restructure(spec, nodes, post, axes, leaf_axes, carried)
+                    roles = change[4]
+                    joint_scanned = [j for j, ax in enumerate(roles) if isinstance(ax, int)]
+                    metas = _restack(metas, joint_scanned, roles, meta_names)
                     static_box[:] = [(metas, change)]
                     _, _, at, scan_js, _ = change
                     carry_new = [new[j] for j in at]
