@@ -579,6 +579,27 @@ def test_scan_partition_name_is_removed_inside_and_back_outside(mesh):
     assert blocks.lin.kernel.out_sharding == ("layers", "data", "model")
 
 
+def test_scan_leaves_an_annotation_without_the_name_alone():
+    """Layers stacked without transform_metadata keep their annotation through a scan that
+    has one: nothing was removed on the way in, so nothing is inserted on the way out."""
+    rngs = nnx.Rngs(0)
+    with nnx.split_rngs(rngs, splits=2):
+        blocks = nnx.vmap(lambda r: Block(r))(rngs)
+    assert blocks.lin.kernel.out_sharding == ("data", "model")
+
+    @nnx.scan(
+        in_axes=(0, nnx.Carry),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def run(block, x):
+        block.lin.kernel.value = block.lin.kernel.value * 2.0
+        return x
+
+    run(blocks, jnp.ones((4, 8)))
+    assert blocks.lin.kernel.out_sharding == ("data", "model")
+
+
 def test_scan_without_transform_metadata_leaves_annotations_alone(mesh):
     blocks = stacked(0, mesh=mesh, n=2)
     seen = []

@@ -167,25 +167,33 @@ def _restructure(
     return post.graphdef, reuse, at, scan_js, tuple(roles)
 
 
-def _sliced_spec(spec: Any, scanned: list[int], leaf_axes: list, names: dict) -> Any:
+def _sliced_spec(
+    spec: Any, scanned: list[int], leaf_axes: list, names: dict
+) -> tuple[Any, frozenset[int]]:
     """`spec` with the metadata the body sees: a scanned Variable's annotation without the
-    ``transform_metadata`` names at its scanned axis (one slice of a stacked Variable)."""
+    ``transform_metadata`` names at its scanned axis (one slice of a stacked Variable); and
+    the leaves whose metadata that changed (only those get the names back afterwards)."""
     if not names or not scanned:
-        return spec
+        return spec, frozenset()
     metas = list(spec.metas)
+    sliced = set()
     for i in scanned:
         if metas[i] is not None:
-            metas[i] = _Meta(_unstacked_metadata(metas[i], leaf_axes[i], names))
+            meta = _unstacked_metadata(metas[i], leaf_axes[i], names)
+            if meta != metas[i]:
+                metas[i] = _Meta(meta)
+                sliced.add(i)
     body = copy.copy(spec)
     body.metas = tuple(metas)
-    return body
+    return body, frozenset(sliced)
 
 
-def _restack(metas: list, scanned: list[int], axes: list, names: dict) -> tuple:
-    """The body's metadata as seen outside: the names put back at the scanned axes."""
+def _restack(metas: list, scanned: list[int], axes: list, names: dict, restack: Any) -> tuple:
+    """The body's metadata as seen outside: the names put back at the scanned axes of the
+    leaves ``restack(i)`` selects (those sliced on the way in, and those created inside)."""
     if names:
         for i in scanned:
-            if metas[i] is not None:
+            if metas[i] is not None and restack(i):
                 metas[i] = _Meta(_stacked_metadata(metas[i], axes[i], names))
     return tuple(metas)
 
@@ -249,7 +257,7 @@ def scan(
                 raise TransformError(f"nnx.scan: unsupported axis {ax!r} for a graph leaf.")
         scanned = [i for i, ax in enumerate(leaf_axes) if isinstance(ax, int)]
         carried = [i for i, ax in enumerate(leaf_axes) if not isinstance(ax, int)]
-        body_spec = _sliced_spec(spec, scanned, leaf_axes, meta_names)
+        body_spec, sliced = _sliced_spec(spec, scanned, leaf_axes, meta_names)
         plain_carry_pos = carry_pos[0] if carry_pos and carry_pos[0] not in graph_pos else None
         xs_plain = {
             i: a
@@ -302,14 +310,22 @@ def scan(
                 new = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
                 metas = [leaf._meta if isinstance(leaf, Variable) else None for leaf in post.leaves]
                 if post.graphdef == spec.graphdef:
-                    static_box[:] = [(_restack(metas, scanned, leaf_axes, meta_names), None)]
+                    metas = _restack(metas, scanned, leaf_axes, meta_names, sliced.__contains__)
+                    static_box[:] = [(metas, None)]
                     carry_new = [new[i] for i in carried]
                     scan_new = [new[i] for i in scanned]
                 else:
                     change = _restructure(spec, nodes, post, axes, leaf_axes, carried)
                     roles = change[4]
                     joint_scanned = [j for j, ax in enumerate(roles) if isinstance(ax, int)]
-                    metas = _restack(metas, joint_scanned, roles, meta_names)
+                    origin = match_leaves(spec, nodes, post) if meta_names else []
+                    metas = _restack(
+                        metas,
+                        joint_scanned,
+                        roles,
+                        meta_names,
+                        lambda j: origin[j] is None or origin[j] in sliced,
+                    )
                     static_box[:] = [(metas, change)]
                     _, _, at, scan_js, _ = change
                     carry_new = [new[j] for j in at]
