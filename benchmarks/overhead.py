@@ -220,33 +220,17 @@ def build_nnx_opt(weights, x, y) -> Impl:
     return _module_impl(nnx.jit, step, model, optimizer, x, y, lambda: first.value)
 
 
-def build_nnx_cached(weights, x, y) -> Impl:
-    """nnx.cached_partial over nnx.jit, as code written against flax does it."""
+def _nnx_bound_impl(weights, x, y, bind: str) -> Impl:
+    """The graph arguments bound up front, as code written against flax does it:
+    ``nnx.cached_partial(nnx.jit(step), ...)`` or ``nnx.jit_partial(step, ...)``."""
     nnx, model = _nnx_model(weights)
     optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
-    cached_train = nnx.cached_partial(nnx.jit(_nnx_opt_step(nnx)), model, optimizer)
-    cached_forward = nnx.cached_partial(nnx.jit(lambda model, x: model(x)), model)
-    first = model.layers[0].kernel
-
-    def train(n):
-        for _ in range(n):
-            cached_train(x, y)
-        return first.value
-
-    def fwd(n):
-        for _ in range(n):
-            out = cached_forward(x)
-        return out
-
-    return Impl(train, fwd, lambda: cached_forward(x))
-
-
-def build_nnx_jit_partial(weights, x, y) -> Impl:
-    """nnx.jit_partial: the graph arguments bound when the function is compiled."""
-    nnx, model = _nnx_model(weights)
-    optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
-    train_step = nnx.jit_partial(_nnx_opt_step(nnx), model, optimizer)
-    forward = nnx.jit_partial(lambda model, x: model(x), model)
+    if bind == "cached":
+        train_step = nnx.cached_partial(nnx.jit(_nnx_opt_step(nnx)), model, optimizer)
+        forward = nnx.cached_partial(nnx.jit(lambda model, x: model(x)), model)
+    else:
+        train_step = nnx.jit_partial(_nnx_opt_step(nnx), model, optimizer)
+        forward = nnx.jit_partial(lambda model, x: model(x), model)
     first = model.layers[0].kernel
 
     def train(n):
@@ -260,6 +244,14 @@ def build_nnx_jit_partial(weights, x, y) -> Impl:
         return out
 
     return Impl(train, fwd, lambda: forward(x))
+
+
+def build_nnx_cached(weights, x, y) -> Impl:
+    return _nnx_bound_impl(weights, x, y, "cached")
+
+
+def build_nnx_jit_partial(weights, x, y) -> Impl:
+    return _nnx_bound_impl(weights, x, y, "jit_partial")
 
 
 def _flax_model(weights):

@@ -628,6 +628,11 @@ def _insert(names: Any, index: int, name: Any) -> Any:
         index = max(index + len(entries) + 1, 0)
     entries.extend([None] * (index - len(entries)))
     entries.insert(index, name)
+    return _like(names, entries)
+
+
+def _like(names: Any, entries: list) -> Any:
+    """`entries` in the form `names` had: a PartitionSpec, a NamedSharding, or a tuple."""
     if isinstance(names, PartitionSpec):
         return PartitionSpec(*entries)
     if isinstance(names, NamedSharding):
@@ -643,14 +648,25 @@ def _stacked_metadata(
     ``transform_metadata[PARTITION_NAME]`` goes into the sharding annotation at `index`; any
     other entry ``{key: name}`` goes into the tuple metadata ``key`` the same way, as in flax.
     """
+    return _edit_axis_names(meta, index, transform_metadata, _insert)
+
+
+def _edit_axis_names(
+    meta: Mapping[str, Any],
+    index: int,
+    transform_metadata: Mapping[str, Any],
+    edit: Callable[[Any, int, Any], Any],
+) -> dict[str, Any]:
+    """`meta` with ``edit(names, index, name)`` applied to the sharding annotation (for
+    ``PARTITION_NAME``) and to each other tuple metadata named in `transform_metadata`."""
     out = dict(meta)
     partition = transform_metadata.get(PARTITION_NAME)
     key, names = _annotation(meta)
     if partition is not None and key is not None:
-        out[key] = _insert(names, index, partition)
+        out[key] = edit(names, index, partition)
     for other, name in transform_metadata.items():
         if other != PARTITION_NAME and isinstance(meta.get(other), tuple):
-            out[other] = _insert(meta[other], index, name)
+            out[other] = edit(meta[other], index, name)
     return out
 
 
@@ -661,11 +677,7 @@ def _remove(names: Any, index: int, name: Any) -> Any:
     if not 0 <= index < len(entries) or entries[index] != name:
         return names  # not stacked along this axis under this name: left as it is
     del entries[index]
-    if isinstance(names, PartitionSpec):
-        return PartitionSpec(*entries)
-    if isinstance(names, NamedSharding):
-        return NamedSharding(names.mesh, PartitionSpec(*entries))
-    return tuple(entries)
+    return _like(names, entries)
 
 
 def _unstacked_metadata(
@@ -673,12 +685,4 @@ def _unstacked_metadata(
 ) -> dict[str, Any]:
     """The metadata of one slice of a Variable stacked along axis `index` (inside
     ``nnx.scan``): the inverse of :func:`_stacked_metadata`."""
-    out = dict(meta)
-    partition = transform_metadata.get(PARTITION_NAME)
-    key, names = _annotation(meta)
-    if partition is not None and key is not None:
-        out[key] = _remove(names, index, partition)
-    for other, name in transform_metadata.items():
-        if other != PARTITION_NAME and isinstance(meta.get(other), tuple):
-            out[other] = _remove(meta[other], index, name)
-    return out
+    return _edit_axis_names(meta, index, transform_metadata, _remove)
