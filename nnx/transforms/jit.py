@@ -33,19 +33,14 @@ from typing import Any
 
 import jax
 
-from .. import _version
 from ..errors import TransformError
 from ..graph import _flatten_full, _write_slot
 from ..state import State, _flat_pairs
 from ..variables import Variable
 from ._lift import (
-    _PLAIN_EXACT,
-    _VALUE_SLOT,
     CallSpec,
     FilterMap,
     Frame,
-    _get_value,
-    _write_plan,
     apply,
     collect,
     contains_graph,
@@ -54,8 +49,6 @@ from ._lift import (
     replace_graph_args,
     split_args,
 )
-
-_CLOCK = _version._clock  # read directly on the hot path (a list holding the clock value)
 
 __all__ = ["JitWrapped", "StateSharding", "cached_partial", "jit", "jit_partial"]
 
@@ -122,7 +115,6 @@ class JitWrapped:
         self._jitted = None if self._per_spec else jax.jit(self._inner, **self._jit_kwargs)
         self._jitted_by_spec: dict[CallSpec, Any] = {}
         self._memo: _LastCall | None = None
-        self._plan_key = object()  # where this function's write plan sits on a flatten
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -215,14 +207,14 @@ class JitWrapped:
             if hit is not None:
                 flat, new_args = hit
                 out, values, info = self._jitted(memo.spec, *new_args)
-                if not values and info is memo.info and memo.simple:
+                if not values and info.mode == "fast" and not info.metas:
                     return out  # nothing changed inside (a forward pass)
-                return memo.write(flat, out, values, info)
+                return apply(flat, out, values, info, cache=True)
         spec, flat, new_args, new_kwargs = self._split(args, kwargs)
         jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
         out, values, info = jitted(spec, *new_args, **new_kwargs)
         if not kwargs and self._jitted is not None:
-            self._memo = _LastCall.make(spec, flat, args, self._static, self._plan_key)
+            self._memo = _LastCall.make(spec, flat, args, self._static)
         return apply(flat, out, values, info, cache=True)
 
     # -- introspection ------------------------------------------------------------------
@@ -244,38 +236,17 @@ class JitWrapped:
         return apply(flat, out, values, info, write=False)
 
 
-_SET_VALUE = _VALUE_SLOT.__set__
-
-
 class _LastCall:
     """The graph arguments of the last call, to skip the argument scan and the cache lookup
     when the next call passes the same objects (a training loop): valid while the flatten is
     (no structural change since), its roots sit at the same positions, and no other
     argument holds graph objects. Refers to the flatten weakly: never keeps a model alive.
+    The values go back through :func:`apply`, whose write plan is cached on the flatten."""
 
-    A repeated call is :meth:`args_for` (read the Variables), the compiled call, and
-    :meth:`write`: the changed values go back by the write plan of the function's Out
-    (resolved on the first call that returns it, then reused while jax hands back the same
-    Out object, which it does while the compiled function is the same). The plan lives on the
-    flatten, so the memo holds neither the model nor its Variables.
-    """
-
-    __slots__ = (
-        "flat_ref",
-        "info",
-        "key",
-        "nargs",
-        "others",
-        "roots",
-        "simple",
-        "slices",
-        "spec",
-    )
+    __slots__ = ("flat_ref", "nargs", "others", "roots", "slices", "spec")
 
     @staticmethod
-    def make(
-        spec: CallSpec, flat: Any, args: tuple, static: frozenset[int], key: object
-    ) -> _LastCall | None:
+    def make(spec: CallSpec, flat: Any, args: tuple, static: frozenset[int]) -> _LastCall | None:
         positions = spec.positions
         nodes = flat.nodes
         roots = []
@@ -292,9 +263,6 @@ class _LastCall:
         memo.roots = tuple(roots)
         memo.slices = tuple(zip(positions, spec.slices, strict=True))
         memo.others = tuple(i for i in range(len(args)) if i not in static and i not in positions)
-        memo.info = None  # the Out of the last call, and whether its write plan is simple:
-        memo.simple = False  # then the Variables it writes are in flat.extra[key]
-        memo.key = key  # one per nnx.jit function: several may share a flatten
         return memo
 
     def args_for(self, args: tuple) -> tuple[Any, list] | None:
@@ -307,16 +275,13 @@ class _LastCall:
             if args[p] is not nodes[i]:
                 return None
         for i in self.others:
-            a = args[i]
-            if type(a) not in _PLAIN_EXACT and contains_graph(a):
+            if contains_graph(args[i]):
                 return None
-        if (flat.untracked or flat.clock != _CLOCK[0]) and not flat.valid():
+        if not flat.valid():
             return None
         if flat.has_raw:
             flat.refresh_raw_leaves()
-            values = leaf_values(flat)
-        else:
-            values = list(map(_get_value, flat.leaves))
+        values = leaf_values(flat)
         new_args = list(args)
         slices = self.slices
         if len(slices) == 1:
@@ -325,20 +290,6 @@ class _LastCall:
             for p, (a, b) in slices:
                 new_args[p] = values[a:b]
         return flat, new_args
-
-    def write(self, flat: Any, out: Any, values: list, info: Any) -> Any:
-        """Writes the values back (after the first call with this Out: by its plan)."""
-        if info is not self.info:
-            self.info, self.simple = info, False
-            if info.mode == "fast" and not info.metas:
-                _, targets, var_pos, raw, plain = _write_plan(flat, info)
-                if plain and var_pos is None and not raw:  # Variables only, no hooks
-                    flat.extra[self.key] = targets
-                    self.simple = True
-        if not self.simple:
-            return apply(flat, out, values, info, cache=True)
-        any(map(_SET_VALUE, flat.extra[self.key], values))  # __set__ returns None: sets all
-        return out
 
 
 def _is_sharding_leaf(s: Any) -> bool:
