@@ -32,6 +32,7 @@ import optax
 
 from ..errors import NNXError, format_path, short_list
 from ..filters import Filter
+from ..graph import _plain_key
 from ..graph import state as _state
 from ..graph import update as _update
 from ..pytreelib import Dict, List, Pytree, data, static
@@ -94,13 +95,6 @@ def _as_graph_data(tree: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, [_as_graph_data(c) for c in children])
 
 
-def _key_of(entry: Any) -> Any:
-    for name in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey / FlattenedIndexKey
-        if hasattr(entry, name):
-            return getattr(entry, name)
-    return entry
-
-
 def _opt_arrays(init: Any, trained: Mapping) -> Any:
     """The optax state with each array in an OptArray. An array that mirrors a trained
     Variable (a moment: the Variable's path ends its own path, same shape) takes that
@@ -110,7 +104,7 @@ def _opt_arrays(init: Any, trained: Mapping) -> Any:
     depth = max((len(p) for p in metas), default=0)
 
     def wrap(keypath: tuple, leaf: Any) -> OptArray:
-        path = tuple(_key_of(k) for k in keypath)
+        path = tuple(_plain_key(k) for k in keypath)
         for start in range(max(0, len(path) - depth), len(path)):
             hit = metas.get(path[start:])
             if hit is not None and hit[0] == jnp.shape(leaf):
