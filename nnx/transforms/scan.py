@@ -113,7 +113,8 @@ def _restructure(
     """Inside the step, after the structure of the arguments changed: checks the change can
     be carried out and returns (post GraphDef, reuse pairs (post node, input node), the post
     position of each carried input leaf, the post positions of the scanned leaves, the axis
-    of each post leaf).
+    of each post leaf, and the input leaf each post leaf continues or None, see
+    :func:`match_leaves`).
 
     Scanned state (an int axis) may be created or removed: each step makes its own slice, and
     the new leaves come out stacked along the axis their argument's in_axes gives them, as in
@@ -164,7 +165,7 @@ def _restructure(
     reuse = tuple((j, index_of[id(x)]) for j, x in enumerate(post.nodes) if id(x) in index_of)
     at = tuple(post_of[i] for i in carried)
     scan_js = tuple(j for j, ax in enumerate(roles) if isinstance(ax, int))
-    return post.graphdef, reuse, at, scan_js, tuple(roles)
+    return post.graphdef, reuse, at, scan_js, tuple(roles), origin
 
 
 def _sliced_spec(
@@ -316,9 +317,8 @@ def scan(
                     scan_new = [new[i] for i in scanned]
                 else:
                     change = _restructure(spec, nodes, post, axes, leaf_axes, carried)
-                    roles = change[4]
+                    roles, origin = change[4], change[5]
                     joint_scanned = [j for j, ax in enumerate(roles) if isinstance(ax, int)]
-                    origin = match_leaves(spec, nodes, post) if meta_names else []
                     metas = _restack(
                         metas,
                         joint_scanned,
@@ -327,7 +327,7 @@ def scan(
                         lambda j: origin[j] is None or origin[j] in sliced,
                     )
                     static_box[:] = [(metas, change)]
-                    _, _, at, scan_js, _ = change
+                    _, _, at, scan_js, _, _ = change
                     carry_new = [new[j] for j in at]
                     scan_new = [new[j] for j in scan_js]
                 outs = out if out_is_tuple else (out,)
@@ -368,7 +368,7 @@ def scan(
         else:
             # The structure changed inside (state created on or removed from a scanned
             # argument, a static attribute): rebuild the caller's objects in place.
-            graphdef, reuse, at, scan_js, roles = change
+            graphdef, reuse, at, scan_js, roles, _ = change
             final = [None] * len(roles)
             for j, v in zip(at, carry_vals, strict=True):
                 final[j] = v
