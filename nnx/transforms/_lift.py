@@ -12,20 +12,34 @@ Outside the trace (every call, so it must be cheap):
   3. :func:`apply` writes the returned values back into the original Variables.
 
 Inside the trace:
-  * :func:`rebuild` makes fresh objects around the traced values (a transform frame tracks
-    them so that state mutated through a closure is caught, see ``variables._FRAMES``);
+  * :func:`traced_call` -- the one rebuild-and-call sequence -- makes fresh objects around
+    the traced values (a transform frame tracks them so that state mutated through a closure
+    is caught, see ``variables._FRAMES``), calls the user function on them and hands back a
+    :class:`Traced` record while the frame is still open;
   * :func:`collect` flattens them again after the user function ran. When the structure is
     unchanged and the output holds no graph objects (the common case) only the changed
     values are returned; otherwise the whole joint graph of (inputs, output) is returned with
     a map from its nodes to the input nodes, and :func:`apply` updates the caller's objects
-    in place (new attributes, new sub-modules, replaced Variables).
+    in place (new attributes, new sub-modules, replaced Variables);
+  * :func:`follow` (loops and scan) flattens the objects a step hands to the next one -- the
+    returned carry, which may be the input objects mutated in place, new objects, or both --
+    and records which of them are the caller's.
+
+Outside again, :func:`restore` builds the objects a call returned, updating the caller's
+objects in place where they continue them. These four are the only places that rebuild,
+collect or write back; no transform has a private path.
+
+The rule for what comes out, the same for every transform: objects returned are returned (a
+returned input object is the caller's very object, a new object is new); objects passed in
+and mutated are updated in place; both at once works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -44,14 +58,18 @@ from ..variables import _FRAMES, Variable, _Frame
 
 __all__ = [
     "CallSpec",
+    "Continuation",
     "Out",
+    "Traced",
+    "after",
     "apply",
     "collect",
     "contains_graph",
-    "is_graph_arg",
+    "follow",
     "match_leaves",
-    "rebuild",
+    "restore",
     "split_args",
+    "traced_call",
 ]
 
 _GRAPH_TYPES = (Pytree, List, Dict, Variable)
@@ -75,8 +93,6 @@ def contains_graph(x: Any) -> bool:
         _is_graph_leaf(leaf) for leaf in jax.tree_util.tree_leaves(x, is_leaf=_is_graph_leaf)
     )
 
-
-is_graph_arg = contains_graph
 
 
 class CallSpec:
@@ -178,11 +194,6 @@ def replace_graph_args(
     return new_args, new_kwargs
 
 
-def values_by_arg(spec: CallSpec, values: Sequence[Any]) -> list[list[Any]]:
-    """Splits the flat values into one list per graph argument."""
-    return [list(values[a:b]) for a, b in spec.slices]
-
-
 # -- inside the trace ---------------------------------------------------------------------
 class Frame:
     """Context manager marking a transform's trace: Variables rebuilt or created inside it may
@@ -203,15 +214,114 @@ def rebuild(spec: CallSpec, values: Sequence[Any]) -> tuple[tuple[Any, ...], lis
     return roots, nodes
 
 
-def match_leaves(spec: CallSpec, nodes: list[Any], post: _Flat) -> list[int | None]:
+class Traced(NamedTuple):
+    """One call of the user's function inside a trace, as :func:`traced_call` left it.
+
+    Attributes:
+      spec: the call's :class:`CallSpec`.
+      values: the (traced) leaf values the graph arguments were rebuilt around.
+      roots: the rebuilt graph arguments, in ``spec.positions`` order.
+      nodes: the node table of the rebuild (index-aligned with the caller's flatten).
+      out: what the function returned.
+    """
+
+    spec: CallSpec
+    values: Sequence[Any]
+    roots: tuple[Any, ...]
+    nodes: list[Any]
+    out: Any
+
+
+@contextlib.contextmanager
+def traced_call(
+    spec: CallSpec,
+    values: Sequence[Any],
+    fun: Callable,
+    args: Sequence[Any],
+    kwargs: dict[str, Any] | None = None,
+) -> Iterator[Traced]:
+    """Inside a trace: rebuilds the graph arguments around `values`, puts them in place of
+    the graph arguments of `args`/`kwargs`, calls `fun`, and yields the :class:`Traced`
+    record while the transform frame is still open (collect inside the ``with``)."""
+    with Frame():
+        roots, nodes = rebuild(spec, values)
+        new_args, new_kwargs = replace_graph_args(args, kwargs or {}, spec, roots)
+        yield Traced(spec, values, roots, nodes, fun(*new_args, **new_kwargs))
+
+
+class Continuation(NamedTuple):
+    """The graph objects a traced step hands on (a loop's or scan's next carry), flattened.
+
+    Attributes:
+      flat: their flatten (``flat.graphdef`` is the structure the next step sees).
+      values: each leaf's value (a Variable's value, or the raw array).
+      metas: each leaf's Variable metadata (None for raw leaves).
+      reuse: (node index in `flat`, node index of the inputs) for each node that IS one of
+        the step's input objects; :func:`restore` writes those into the caller's objects.
+    """
+
+    flat: _Flat
+    values: list[Any]
+    metas: list[Any]
+    reuse: tuple[tuple[int, int], ...]
+
+
+def _leaf_value(leaf: Any) -> Any:
+    return leaf._value if isinstance(leaf, Variable) else leaf
+
+
+def _leaf_meta(leaf: Any) -> Any:
+    return leaf._meta if isinstance(leaf, Variable) else None
+
+
+def _reuse_pairs(nodes: Sequence[Any], inputs: Sequence[Any]) -> tuple[tuple[int, int], ...]:
+    index_of = {id(n): i for i, n in enumerate(inputs)}
+    return tuple((j, index_of[id(n)]) for j, n in enumerate(nodes) if id(n) in index_of)
+
+
+def after(t: Traced) -> _Flat:
+    """Inside the trace: the flatten of the graph arguments as the call left them."""
+    return _flatten_full(t.roots)
+
+
+def follow(t: Traced, roots: Sequence[Any]) -> Continuation:
+    """Inside a trace, after a loop body or scan step: flattens `roots`, the objects the step
+    hands on (the graph arguments with the returned carry in place of the carried one), and
+    records which of their nodes are the step's input objects (mutated in place) and which
+    are new."""
+    post = _flatten_full(tuple(roots))
+    values = list(map(_leaf_value, post.leaves))
+    metas = list(map(_leaf_meta, post.leaves))
+    return Continuation(post, values, metas, _reuse_pairs(post.nodes, t.nodes))
+
+
+def restore(
+    flat: _Flat,
+    graphdef: GraphDef,
+    values: Sequence[Any],
+    metas: Sequence[Any],
+    reuse: Sequence[tuple[int, int]],
+    *,
+    write: bool = True,
+) -> Any:
+    """Outside the trace: builds the objects of `graphdef` around `values`; a node that
+    `reuse` pairs with a node of the caller's flatten `flat` is that caller's object,
+    updated in place (values, metadata, attributes). With ``write=False`` everything is new
+    and the caller's objects are left alone."""
+    nodes = {j: flat.nodes[i] for j, i in reuse} if write else None
+    return _build(graphdef, list(values), False, metas=list(metas), reuse=nodes)
+
+
+def match_leaves(t: Traced, post: _Flat) -> list[int | None]:
     """After the structure of the arguments changed inside a trace (`post` is their flatten,
-    `nodes` the node table :func:`rebuild` made): for each leaf of `post`, the input leaf it
+    `t` the call): for each leaf of `post`, the input leaf it
     continues, or None for one created inside. A Variable continues itself wherever it sits
     now; else a leaf continues the unclaimed input leaf at its path if that was of the same
     type (a Variable replaced by one of its type, a raw array reassigned)."""
+    spec = t.spec
     types = spec.graphdef.leaf_types
-    var_slots = [i for i, t in enumerate(types) if t is not None]
-    var_nodes = [n for n in nodes if isinstance(n, Variable)]
+    var_slots = [i for i, typ in enumerate(types) if typ is not None]
+    var_nodes = [n for n in t.nodes if isinstance(n, Variable)]
     by_id = {id(v): i for v, i in zip(var_nodes, var_slots, strict=True)}
     origin = [by_id.get(id(leaf)) if isinstance(leaf, Variable) else None for leaf in post.leaves]
     claimed = set(origin)
@@ -258,10 +368,7 @@ jax.tree_util.register_pytree_node(Out, lambda o: ((), o), lambda o, _: o)
 
 
 def collect(
-    spec: CallSpec,
-    roots: tuple[Any, ...],
-    nodes: list[Any],
-    in_values: Sequence[Any],
+    t: Traced,
     out: Any,
     *,
     force: Callable[[int], bool] | bool = False,
@@ -271,11 +378,14 @@ def collect(
     """After the user function ran: returns (output, values to send out, Out).
 
     Args:
+      t: the call, from :func:`traced_call`.
+      out: what to return of it (``t.out``, or the part of it that is not a loss).
       force: leaves to return even when unchanged (donated buffers, control-flow carries);
         True for all.
       allow_structure_change: when False, a structural change raises TraceContextError.
     """
-    post = _flatten_full(roots)
+    spec, in_values = t.spec, t.values
+    post = after(t)
     same = post.graphdef == spec.graphdef
     if same and not contains_graph(out):
         indices, values, metas = [], [], []
@@ -298,11 +408,10 @@ def collect(
             "Fix: create new attributes and sub-modules before the transform (e.g. run "
             "the model once eagerly, or use nnx.eval_shape / lazy initialisation first)."
         )
-    joint = _flatten_full((roots, out))
-    index_of = {id(n): i for i, n in enumerate(nodes)}
-    reuse = tuple((j, index_of[id(n)]) for j, n in enumerate(joint.nodes) if id(n) in index_of)
-    values = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in joint.leaves]
-    metas = tuple(leaf._meta if isinstance(leaf, Variable) else None for leaf in joint.leaves)
+    joint = _flatten_full((t.roots, out))
+    values = list(map(_leaf_value, joint.leaves))
+    metas = tuple(map(_leaf_meta, joint.leaves))
+    reuse = _reuse_pairs(joint.nodes, t.nodes)
     return None, values, Out("full", metas=metas, graphdef=joint.graphdef, reuse=reuse)
 
 
@@ -379,16 +488,8 @@ def apply(
             for i, meta in info.metas:
                 _replace_metadata(leaves[i], meta)
         return out
-    reuse = {j: flat.nodes[i] for j, i in info.reuse} if write else None
-    _, result = _build(info.graphdef, list(values), False, metas=list(info.metas), reuse=reuse)
+    _, result = restore(flat, info.graphdef, values, info.metas, info.reuse, write=write)
     return result
-
-
-def abstract_value(x: Any) -> Any:
-    """A ShapeDtypeStruct for array-likes, the value itself otherwise."""
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-    return x
 
 
 class FilterMap:
@@ -467,11 +568,8 @@ def call_transformed(
 
     def pure(values: list, dyn_args: list, dyn_kwargs: dict) -> Any:
         full = [args[i] if i in static else a for i, a in enumerate(dyn_args)]
-        with Frame():
-            roots, nodes = rebuild(spec, values)
-            new_args, new_kwargs = replace_graph_args(full, dyn_kwargs, spec, roots)
-            out = fun(*new_args, **new_kwargs)
-            return collect(spec, roots, nodes, values, out, what=what)
+        with traced_call(spec, values, fun, full, dyn_kwargs) as t:
+            return collect(t, t.out, what=what)
 
     result = wrap(pure)(values, dyn_args, dyn_kwargs)
     if finish is None:

@@ -27,20 +27,18 @@ from typing import Any
 
 import jax
 
-from ..errors import TransformError, format_path, short_list
+from ..errors import TraceContextError, TransformError, format_path, short_list
 from ..filters import Filter, to_predicate
-from ..graph import _flatten_full
 from ..state import State, from_flat_state
 from ..variables import Param, Variable
 from ._lift import (
     CallSpec,
-    Frame,
+    Traced,
     apply,
     call_transformed,
     collect,
-    rebuild,
-    replace_graph_args,
     split_args,
+    traced_call,
 )
 
 __all__ = [
@@ -125,10 +123,8 @@ def _lifted_value_and_grad(
                         vals[i] = v
                 else:
                     call_args[g] = inp
-            with Frame():
-                roots, nodes = rebuild(spec, vals)
-                new_args, new_kwargs = replace_graph_args(call_args, kwargs, spec, roots)
-                res = f(*new_args, **new_kwargs)
+            with traced_call(spec, vals, f, call_args, kwargs) as t:
+                res = t.out
                 if has_aux:
                     if not (isinstance(res, tuple) and len(res) == 2):
                         raise TransformError(
@@ -145,7 +141,7 @@ def _lifted_value_and_grad(
                         "as an output. Fix: return a scalar (and use has_aux=True for "
                         "anything else)."
                     )
-                return loss, collect(spec, roots, nodes, vals, aux, what=name)
+                return loss, collect(t, aux, what=name)
 
         (loss, (aux, new_values, info)), grads = jax.value_and_grad(
             pure, has_aux=True, holomorphic=holomorphic, allow_int=allow_int
@@ -244,12 +240,9 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> Any:
         for k, p in enumerate(graph_pos):
             for i, v in zip(groups[k], inputs[p], strict=True):
                 vals[i] = v
-        with Frame():
-            roots, nodes = rebuild(spec, vals)
-            new_args, _ = replace_graph_args(call, {}, spec, roots)
-            res = f(*new_args)
-            out, aux = res if has_aux else (res, None)
-            return out, collect(spec, roots, nodes, vals, aux, what="nnx.vjp")
+        with traced_call(spec, vals, f, call) as t:
+            out, aux = t.out if has_aux else (t.out, None)
+            return out, collect(t, aux, what="nnx.vjp")
 
     out, vjp_raw, (aux, new_values, info) = jax.vjp(pure, *inputs, has_aux=True)
     aux = apply(flat, aux, new_values, info)
@@ -301,12 +294,9 @@ def jvp(f: Callable, primals: Sequence[Any], tangents: Sequence[Any], has_aux: b
         for k, p in enumerate(graph_pos):
             for i, v in zip(groups[k], inputs[p], strict=True):
                 vals[i] = v
-        with Frame():
-            roots, nodes = rebuild(spec, vals)
-            new_args, _ = replace_graph_args(call, {}, spec, roots)
-            res = f(*new_args)
-            out, aux = res if has_aux else (res, None)
-            return out, collect(spec, roots, nodes, vals, aux, what="nnx.jvp")
+        with traced_call(spec, vals, f, call) as t:
+            out, aux = t.out if has_aux else (t.out, None)
+            return out, collect(t, aux, what="nnx.jvp")
 
     # State changed inside comes back through jax's aux and is written back, as for vjp.
     out, tangent_out, (aux, new_values, info) = jax.jvp(
@@ -399,12 +389,9 @@ class custom_vjp:
             for k, p in enumerate(graph_pos):
                 for i, v in zip(groups[k], inputs[p], strict=True):
                     vals[i] = v
-            with Frame():
-                roots, _ = rebuild(spec, vals)
-                new_args, _ = replace_graph_args(list(inputs), {}, spec, roots)
-                out = f(*new_args)
-                _check_read_only(spec, roots, vals, f)
-            return out
+            with traced_call(spec, vals, f, list(inputs)) as t:
+                _check_read_only(t, f)
+                return t.out
 
         @jax.custom_vjp
         def pure(*inputs: Any) -> Any:
@@ -437,22 +424,23 @@ class custom_vjp:
         return pure(*inputs)
 
 
-def _check_read_only(spec: Any, roots: tuple, values: list, f: Callable) -> None:
+def _check_read_only(t: Traced, f: Callable) -> None:
     """custom_vjp cannot carry state out of its function: refuse a change instead of
     silently dropping it (the caller's objects are untouched)."""
-    post = _flatten_full(tuple(roots))
+    spec = t.spec
     name = getattr(f, "__name__", "the function")
-    if post.graphdef != spec.graphdef:
+    try:
+        _, _, info = collect(t, None, allow_structure_change=False, what="nnx.custom_vjp")
+    except TraceContextError:
         raise TransformError(
             f"nnx.custom_vjp: {name} changed the structure of a graph argument (added, removed "
             "or replaced an attribute or Variable); graph arguments are read-only inside a "
             "custom_vjp function, so the change would be lost.\n"
             "Fix: make the change before calling it, or return new values as outputs."
-        )
+        ) from None
     changed = [
         format_path(spec.paths[i], root=f"argument {spec.positions[spec.root_of[i]]}")
-        for i, leaf in enumerate(post.leaves)
-        if (leaf._value if isinstance(leaf, Variable) else leaf) is not values[i]
+        for i in info.indices
     ]
     if changed:
         raise TransformError(

@@ -1,8 +1,15 @@
 """Control flow over graph objects: ``cond``, ``switch``, ``fori_loop``, ``while_loop``.
 
-The graph objects among the operands are carried through ``jax.lax`` as their leaf values;
-every branch and loop body must keep their structure (it may change values). Afterwards the
-caller's objects hold the new values.
+The graph objects among the operands are carried through ``jax.lax`` as their leaf values.
+``cond``/``switch`` branches may change values but not structure; state either branch
+changes is written back into the caller's objects.
+
+Loops follow the rule every nnx transform follows: the loop value the body returns is the
+next carry, and what the loop returns is built from the last one. An object the body
+received and returns (mutated in place or not) is the caller's very object, updated in
+place; an object the body creates and returns comes back as a new object (the caller's
+object it replaced keeps the value it had). The carry keeps its structure from step to
+step: the body may change values, and may return new objects of the same structure.
 
 Example:
   >>> class Acc(nnx.Module):
@@ -12,9 +19,14 @@ Example:
   >>> def body(i, acc):
   ...   acc.total.value += i
   ...   return acc
-  >>> _ = nnx.fori_loop(0, 5, body, acc)
+  >>> nnx.fori_loop(0, 5, body, acc) is acc  # mutated in place, returned
+  True
   >>> float(acc.total.value)
   10.0
+  >>> p = nnx.Param(jnp.array(0.0))
+  >>> q = nnx.fori_loop(0, 3, lambda i, p: nnx.Param(p.value + 1.0), p)  # a new object
+  >>> float(q.value), float(p.value), q is p
+  (3.0, 0.0, False)
 """
 
 from __future__ import annotations
@@ -23,24 +35,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ..errors import TraceContextError
-from ..graph import _build, _flatten_full
-from ..variables import Variable
-from ._lift import Frame, collect, rebuild, replace_graph_args, split_args
+from ._lift import (
+    _GRAPH_TYPES,
+    apply,
+    collect,
+    follow,
+    restore,
+    split_args,
+    traced_call,
+)
 
 __all__ = ["cond", "fori_loop", "switch", "while_loop"]
 
 
-def _branch(fn: Callable, spec: Any, operands: Sequence[Any], what: str) -> Callable:
+def _branch(fn: Callable, spec: Any, what: str) -> Callable:
     def pure(values: list, dyn: list) -> Any:
-        with Frame():
-            roots, nodes = rebuild(spec, values)
-            new_args, _ = replace_graph_args(dyn, {}, spec, roots)
-            out = fn(*new_args)
-            return collect(
-                spec, roots, nodes, values, out, force=True, allow_structure_change=False, what=what
-            )
+        with traced_call(spec, values, fn, dyn) as t:
+            return collect(t, t.out, force=True, allow_structure_change=False, what=what)
 
     return pure
 
@@ -55,13 +70,11 @@ def _run_branches(
     spec, flat, values = split_args(operands, {})
     graph_pos = set(spec.positions)
     dyn = [None if i in graph_pos else a for i, a in enumerate(operands)]
-    pures = [_branch(b, spec, operands, what) for b in branches]
+    pures = [_branch(b, spec, what) for b in branches]
     if is_cond:
         out, new_values, info = jax.lax.cond(index_or_pred, pures[0], pures[1], values, dyn)
     else:
         out, new_values, info = jax.lax.switch(index_or_pred, pures, values, dyn)
-    from ._lift import apply
-
     return apply(flat, out, new_values, info)
 
 
@@ -79,22 +92,59 @@ def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
     return _run_branches(index, tuple(branches), operands, "nnx.switch", False)
 
 
-def _loop_values(spec: Any, val: Any, what: str) -> list:
-    post = _flatten_full((val,))
-    if post.graphdef != spec.graphdef:
-        raise TraceContextError(
-            f"The loop body of {what} returned a value whose structure differs from the "
-            f"initial value ({spec.graphdef!r} before, {post.graphdef!r} after). A loop "
-            "carry must keep its structure.\nFix: return the same objects you received "
-            "(mutated in place is fine), and create attributes before the loop."
-        )
-    return [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
+_SCALARS = (bool, int, float, complex, np.number, np.bool_)
 
 
-def _write_back(spec: Any, flat: Any, values: list) -> Any:
-    reuse = dict(enumerate(flat.nodes))
-    (result,) = _build(spec.graphdef, list(values), False, metas=list(spec.metas), reuse=reuse)
-    return result
+def as_array_carry(carry: Any) -> Any:
+    """`carry` with its plain Python/numpy scalars as arrays, as ``jax.lax`` loops treat a
+    carry (a scalar left static would hide the loop's result); graph objects untouched."""
+
+    def conv(x: Any) -> Any:
+        return jnp.asarray(x) if isinstance(x, _SCALARS) else x
+
+    return jax.tree_util.tree_map(conv, carry, is_leaf=lambda x: isinstance(x, _GRAPH_TYPES))
+
+
+_CARRY_STRUCTURE = (
+    "The loop body of {what} returned a value whose structure differs from the value it "
+    "received ({before!r} before, {after!r} after). A loop carry keeps its structure from "
+    "step to step.\n"
+    "Fix: return objects of the same structure (the same objects mutated in place, or new "
+    "ones built alike), and create attributes before the loop."
+)
+
+
+class _Loop:
+    """One loop over a carry holding graph objects: the traced step, and after the loop the
+    objects built from the final values (see the module docstring for the rule)."""
+
+    def __init__(self, init_val: Any, what: str):
+        self.what = what
+        self.spec, self.flat, self.values = split_args((init_val,), {})
+        self.found: list[Any] = []  # (metas, reuse) of the traced step
+
+    def step(self, fn: Callable, values: list) -> list:
+        """Inside the trace: one body call on the carry `values`; the next carry's values."""
+        with traced_call(self.spec, values, fn, [None]) as t:
+            nxt = follow(t, (t.out,))
+            if nxt.flat.graphdef != self.spec.graphdef:
+                raise TraceContextError(
+                    _CARRY_STRUCTURE.format(
+                        what=self.what, before=self.spec.graphdef, after=nxt.flat.graphdef
+                    )
+                )
+            self.found[:] = [(nxt.metas, nxt.reuse)]
+            return nxt.values
+
+    def peek(self, fn: Callable, values: list) -> Any:
+        """Inside the trace: `fn` of the carry without a next carry (a while condition)."""
+        with traced_call(self.spec, values, fn, [None]) as t:
+            return t.out
+
+    def result(self, final: list) -> Any:
+        metas, reuse = self.found[0] if self.found else (self.spec.metas, ())
+        (val,) = restore(self.flat, self.spec.graphdef, final, metas, reuse)
+        return val
 
 
 def fori_loop(
@@ -105,39 +155,31 @@ def fori_loop(
     *,
     unroll: Any = None,
 ) -> Any:
-    """``jax.lax.fori_loop`` whose carry may hold graph objects; they are updated in place and
-    the (same) objects are returned."""
-    spec, flat, values = split_args((init_val,), {})
-    if not spec.positions:
-        return jax.lax.fori_loop(lower, upper, body_fun, init_val, unroll=unroll)
+    """``jax.lax.fori_loop`` whose carry may hold graph objects (see the module docstring
+    for what is returned and what is updated in place)."""
+    kwargs = {} if unroll is None else {"unroll": unroll}
+    init_val = as_array_carry(init_val)
+    loop = _Loop(init_val, "nnx.fori_loop")
+    if not loop.spec.positions:
+        return jax.lax.fori_loop(lower, upper, body_fun, init_val, **kwargs)
 
     def body(i: Any, values: list) -> list:
-        with Frame():
-            (val,), _ = rebuild(spec, values)
-            return _loop_values(spec, body_fun(i, val), "nnx.fori_loop")
+        return loop.step(lambda val: body_fun(i, val), values)
 
-    kwargs = {} if unroll is None else {"unroll": unroll}
-    final = jax.lax.fori_loop(lower, upper, body, values, **kwargs)
-    return _write_back(spec, flat, final)
+    return loop.result(jax.lax.fori_loop(lower, upper, body, loop.values, **kwargs))
 
 
 def while_loop(
     cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any
 ) -> Any:
     """``jax.lax.while_loop`` whose carry may hold graph objects (see :func:`fori_loop`)."""
-    spec, flat, values = split_args((init_val,), {})
-    if not spec.positions:
+    init_val = as_array_carry(init_val)
+    loop = _Loop(init_val, "nnx.while_loop")
+    if not loop.spec.positions:
         return jax.lax.while_loop(cond_fun, body_fun, init_val)
-
-    def cond(values: list) -> Any:
-        with Frame():
-            (val,), _ = rebuild(spec, values)
-            return cond_fun(val)
-
-    def body(values: list) -> list:
-        with Frame():
-            (val,), _ = rebuild(spec, values)
-            return _loop_values(spec, body_fun(val), "nnx.while_loop")
-
-    final = jax.lax.while_loop(cond, body, values)
-    return _write_back(spec, flat, final)
+    final = jax.lax.while_loop(
+        lambda values: loop.peek(cond_fun, values),
+        lambda values: loop.step(body_fun, values),
+        loop.values,
+    )
+    return loop.result(final)

@@ -40,14 +40,13 @@ from ..variables import Variable
 from ._lift import (
     CallSpec,
     FilterMap,
-    Frame,
     apply,
     collect,
     contains_graph,
     leaf_values,
-    rebuild,
     replace_graph_args,
     split_args,
+    traced_call,
 )
 
 __all__ = ["JitWrapped", "StateSharding", "cached_partial", "jit", "jit_partial"]
@@ -131,13 +130,11 @@ class JitWrapped:
             if (p in self._donate if isinstance(p, int) else p in self._donate_names)
         }
         force = (lambda i: spec.root_of[i] in donated) if donated else False
-        with Frame():
-            roots, nodes = rebuild(spec, values)
-            new_args, new_kwargs = replace_graph_args(args, kwargs, spec, roots)
-            out = self.fun(*new_args, **new_kwargs)
+        with traced_call(spec, values, self.fun, args, kwargs) as t:
+            out = t.out
             if self.out_shardings is not _UNSPECIFIED:
                 out = _constrain_out(out, self.out_shardings)
-            return collect(spec, roots, nodes, values, out, force=force, what="nnx.jit")
+            return collect(t, out, force=force, what="nnx.jit")
 
     # -- outside ------------------------------------------------------------------------
     def _split(self, args: tuple, kwargs: dict) -> tuple:

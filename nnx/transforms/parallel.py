@@ -29,10 +29,8 @@ from typing import Any
 
 import jax
 
-from ..errors import TraceContextError, TransformError
-from ..graph import _flatten_full
-from ..variables import Variable
-from ._lift import FilterMap, Frame, Out, apply, rebuild, replace_graph_args, split_args
+from ..errors import TransformError
+from ._lift import FilterMap, Out, apply, collect, split_args, traced_call
 
 __all__ = ["pmap", "shard_map"]
 
@@ -49,19 +47,16 @@ def _per_leaf(spec: Any, flat: Any, per_arg: tuple, what: str) -> list[Any]:
     return out
 
 
-def _pure(f: Callable, spec: Any, what: str) -> Callable:
+def _pure(f: Callable, spec: Any, what: str, found: list) -> Callable:
+    """The mapped function: every leaf comes back (with its axis); the structure is fixed.
+    The traced call's Out lands in `found`."""
+
     def pure(values: list, dyn: list) -> Any:
-        with Frame():
-            roots, _ = rebuild(spec, values)
-            new_args, _ = replace_graph_args(dyn, {}, spec, roots)
-            out = f(*new_args)
-            post = _flatten_full(roots)
-            if post.graphdef != spec.graphdef:
-                raise TraceContextError(
-                    f"The structure of the arguments changed inside {what}; it must not. "
-                    "Fix: create attributes before the transform."
-                )
-            new = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
+        with traced_call(spec, values, f, dyn) as t:
+            out, new, info = collect(
+                t, t.out, force=True, allow_structure_change=False, what=what
+            )
+            found[:] = [info]
             return out, new
 
     return pure
@@ -105,8 +100,9 @@ def shard_map(
         graph_pos = set(spec.positions)
         dyn = [None if i in graph_pos else a for i, a in enumerate(args)]
         dyn_specs = [None if i in graph_pos else s for i, s in enumerate(per_arg)]
+        found: list[Out] = []
         mapped = jax.shard_map(
-            _pure(f, spec, "nnx.shard_map"),
+            _pure(f, spec, "nnx.shard_map", found),
             mesh=mesh,
             in_specs=(leaf_specs, dyn_specs),
             out_specs=(out_specs, leaf_specs),
@@ -114,7 +110,7 @@ def shard_map(
             axis_names=axis_names,
         )
         out, new = mapped(values, dyn)
-        return apply(flat, out, new, Out("fast", tuple(range(len(new)))))
+        return apply(flat, out, new, found[0])
 
     return wrapper
 
@@ -159,8 +155,9 @@ def pmap(
         graph_pos = set(spec.positions)
         dyn = [None if i in graph_pos else a for i, a in enumerate(args)]
         dyn_axes = [None if i in graph_pos else ax for i, ax in enumerate(per_arg)]
+        found: list[Out] = []
         mapped = jax.pmap(
-            _pure(f, spec, "nnx.pmap"),
+            _pure(f, spec, "nnx.pmap", found),
             axis_name=axis_name,
             in_axes=(leaf_axes, dyn_axes),
             out_axes=(out_axes, leaf_axes),
@@ -169,6 +166,6 @@ def pmap(
             axis_size=axis_size,
         )
         out, new = mapped(values, dyn)
-        return apply(flat, out, new, Out("fast", tuple(range(len(new)))))
+        return apply(flat, out, new, found[0])
 
     return wrapper

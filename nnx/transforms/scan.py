@@ -38,26 +38,25 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ..errors import TraceContextError, TransformError
-from ..graph import _build, _flatten_full
 from ..spmd import _stacked_metadata, _unstacked_metadata
 from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,
-    Frame,
-    apply,
+    Traced,
     contains_graph,
+    follow,
     match_leaves,
-    rebuild,
-    replace_graph_args,
+    restore,
     split_args,
+    traced_call,
 )
-from ._lift import Out as _Out
+from .control import as_array_carry
 
 __all__ = ["Carry", "scan"]
 
@@ -107,14 +106,26 @@ def _example_filter(cls: type | None) -> str:
     return f"nnx.{cls.__name__}" if cls is not None else "..."
 
 
-def _restructure(
-    spec: Any, nodes: list[Any], post: Any, axes: tuple, leaf_axes: list[Any], carried: list
-) -> tuple:
+class _Layout(NamedTuple):
+    """Where the loop state sits among the leaves a step hands on.
+
+    Attributes:
+      at: the position of each carried input leaf (in the input order of ``carried``).
+      scan_js: the positions of the scanned leaves (stacked on the way out).
+      roles: each leaf's axis (an int for scanned, None or Carry for carried).
+      origin: the input leaf each leaf continues, None for one created inside (None for
+        the whole layout when the structure did not change).
+    """
+
+    at: tuple[int, ...]
+    scan_js: tuple[int, ...]
+    roles: tuple[Any, ...]
+    origin: list[int | None] | None
+
+
+def _restructure(t: Traced, post: Any, axes: tuple, leaf_axes: list[Any], carried: list) -> _Layout:
     """Inside the step, after the structure of the arguments changed: checks the change can
-    be carried out and returns (post GraphDef, reuse pairs (post node, input node), the post
-    position of each carried input leaf, the post positions of the scanned leaves, the axis
-    of each post leaf, and the input leaf each post leaf continues or None, see
-    :func:`match_leaves`).
+    be carried out and returns the new layout of the loop state.
 
     Scanned state (an int axis) may be created or removed: each step makes its own slice, and
     the new leaves come out stacked along the axis their argument's in_axes gives them, as in
@@ -122,10 +133,12 @@ def _restructure(
     """
     from ..errors import format_path
 
+    spec = t.spec
+
     def where(path: tuple) -> str:
         return format_path(path[1:], f"args[{spec.positions[path[0]]}]")
 
-    origin = match_leaves(spec, nodes, post)
+    origin = match_leaves(t, post)
     types = spec.graphdef.leaf_types
     input_at = {(spec.root_of[i], *spec.paths[i]): types[i] for i in range(len(types))}
     roles: list[Any] = []
@@ -161,11 +174,9 @@ def _restructure(
                     example=_example_filter(spec.graphdef.leaf_types[i]),
                 )
             )
-    index_of = {id(x): i for i, x in enumerate(nodes)}
-    reuse = tuple((j, index_of[id(x)]) for j, x in enumerate(post.nodes) if id(x) in index_of)
     at = tuple(post_of[i] for i in carried)
     scan_js = tuple(j for j, ax in enumerate(roles) if isinstance(ax, int))
-    return post.graphdef, reuse, at, scan_js, tuple(roles), origin
+    return _Layout(at, scan_js, tuple(roles), origin)
 
 
 def _sliced_spec(
@@ -242,14 +253,29 @@ def scan(
                 f"nnx.scan: in_axes has {len(axes)} entries for {n} arguments. Fix: one of "
                 "nnx.Carry, an int, None or a StateAxes per positional argument."
             )
-        # A graph argument whose StateAxes carries some of its state is the carry too.
-        carry_pos = [
-            i
-            for i, ax in enumerate(axes)
-            if ax is Carry or (isinstance(ax, FilterMap) and any(v is Carry for v in ax.values))
-        ]
-        if len(carry_pos) > 1:
-            raise TransformError("nnx.scan: at most one argument can be nnx.Carry in in_axes.")
+        carry_pos = _carry_position(axes)
+        out_spec = out_axes if isinstance(out_axes, tuple) else (out_axes,)
+        out_is_tuple = isinstance(out_axes, tuple)
+        carry_out_idx = [j for j, ax in enumerate(out_spec) if ax is Carry]
+        if len(carry_out_idx) > 1:
+            raise TransformError(
+                f"nnx.scan: out_axes={out_axes!r} marks {len(carry_out_idx)} outputs as "
+                "nnx.Carry; the function returns one carry. Fix: return the carry as one "
+                "output (a tuple carry is fine) and mark only it nnx.Carry."
+            )
+        if carry_pos is not None and not carry_out_idx:
+            raise TransformError(
+                "nnx.scan: in_axes has nnx.Carry but out_axes does not. Fix: mark where the "
+                "function returns the new carry, e.g. out_axes=(nnx.Carry, 0)."
+            )
+        if carry_pos is None and carry_out_idx:
+            raise TransformError(
+                "nnx.scan: out_axes has nnx.Carry but in_axes does not. Fix: mark the "
+                "argument the carry comes in as, e.g. in_axes=(nnx.Carry, 0)."
+            )
+        if carry_pos is not None:
+            args = list(args)
+            args[carry_pos] = as_array_carry(args[carry_pos])
         spec, flat, values = split_args(args, {})
         leaf_axes = _axis_list(spec, flat, axes)
         graph_pos = set(spec.positions)
@@ -259,16 +285,14 @@ def scan(
         scanned = [i for i, ax in enumerate(leaf_axes) if isinstance(ax, int)]
         carried = [i for i, ax in enumerate(leaf_axes) if not isinstance(ax, int)]
         body_spec, sliced = _sliced_spec(spec, scanned, leaf_axes, meta_names)
-        plain_carry_pos = carry_pos[0] if carry_pos and carry_pos[0] not in graph_pos else None
+        # The carry argument: holding graph objects, its leaves are loop state and the
+        # returned carry takes its place among the graph arguments; else a plain jax carry.
+        graph_carry = spec.positions.index(carry_pos) if carry_pos in graph_pos else None
+        plain_carry_pos = carry_pos if graph_carry is None else None
         xs_plain = {
             i: a
             for i, (a, ax) in enumerate(zip(args, axes, strict=True))
             if i not in graph_pos and isinstance(ax, int)
-        }
-        bcast_plain = {
-            i: a
-            for i, (a, ax) in enumerate(zip(args, axes, strict=True))
-            if i not in graph_pos and ax is None
         }
         init = (
             [values[i] for i in carried],
@@ -278,15 +302,7 @@ def scan(
             [jnp.moveaxis(values[i], leaf_axes[i], 0) for i in scanned],
             {i: jnp.moveaxis(a, axes[i], 0) if axes[i] else a for i, a in xs_plain.items()},
         )
-        out_spec = out_axes if isinstance(out_axes, tuple) else (out_axes,)
-        out_is_tuple = isinstance(out_axes, tuple)
-        carry_out_idx = [j for j, ax in enumerate(out_spec) if ax is Carry]
-        if carry_pos and not carry_out_idx:
-            raise TransformError(
-                "nnx.scan: in_axes has nnx.Carry but out_axes does not. Fix: mark where the "
-                "function returns the new carry, e.g. out_axes=(nnx.Carry, 0)."
-            )
-        static_box: list[Any] = []
+        found: list[Any] = []  # the traced step's (Continuation, _Layout)
 
         def body(carry: tuple, x: tuple) -> tuple:
             carry_vals, plain_carry = carry
@@ -296,96 +312,65 @@ def scan(
                 vals[i] = v
             for i, v in zip(scanned, scan_vals, strict=True):
                 vals[i] = v
-            call = list(args)
+            call = [None if i in graph_pos else a for i, a in enumerate(args)]
             for i, a in plain_xs.items():
-                call[i] = a
-            for i, a in bcast_plain.items():
                 call[i] = a
             if plain_carry_pos is not None:
                 call[plain_carry_pos] = plain_carry
-            with Frame():
-                roots, nodes = rebuild(body_spec, vals)
-                new_args, _ = replace_graph_args(call, {}, spec, roots)
-                out = f(*new_args)
-                post = _flatten_full(roots)
-                new = [leaf._value if isinstance(leaf, Variable) else leaf for leaf in post.leaves]
-                metas = [leaf._meta if isinstance(leaf, Variable) else None for leaf in post.leaves]
-                if post.graphdef == spec.graphdef:
-                    metas = _restack(metas, scanned, leaf_axes, meta_names, sliced.__contains__)
-                    static_box[:] = [(metas, None)]
-                    carry_new = [new[i] for i in carried]
-                    scan_new = [new[i] for i in scanned]
-                else:
-                    change = _restructure(spec, nodes, post, axes, leaf_axes, carried)
-                    roles, origin = change[4], change[5]
-                    joint_scanned = [j for j, ax in enumerate(roles) if isinstance(ax, int)]
-                    metas = _restack(
-                        metas,
-                        joint_scanned,
-                        roles,
-                        meta_names,
-                        lambda j: origin[j] is None or origin[j] in sliced,
-                    )
-                    static_box[:] = [(metas, change)]
-                    _, _, at, scan_js, _, _ = change
-                    carry_new = [new[j] for j in at]
-                    scan_new = [new[j] for j in scan_js]
-                outs = out if out_is_tuple else (out,)
+            with traced_call(body_spec, vals, f, call) as t:
+                outs = t.out if out_is_tuple else (t.out,)
                 if not isinstance(outs, tuple) or len(outs) != len(out_spec):
                     raise TransformError(
                         f"nnx.scan: out_axes={out_axes!r} describes {len(out_spec)} outputs but "
-                        f"the function returned {type(out).__name__}."
+                        f"the function returned {type(t.out).__name__}."
                     )
+                new_roots = list(t.roots)
                 new_plain_carry = plain_carry
+                if carry_out_idx:
+                    if graph_carry is not None:
+                        new_roots[graph_carry] = outs[carry_out_idx[0]]
+                    else:
+                        new_plain_carry = outs[carry_out_idx[0]]
+                nxt = follow(t, new_roots)
+                if nxt.flat.graphdef == spec.graphdef:
+                    layout = _Layout(tuple(carried), tuple(scanned), tuple(leaf_axes), None)
+                    restack = sliced.__contains__
+                else:
+                    layout = _restructure(t, nxt.flat, axes, leaf_axes, carried)
+                    origin = layout.origin
+                    restack = lambda j: origin[j] is None or origin[j] in sliced
+                scan_js = list(layout.scan_js)
+                nxt.metas[:] = _restack(nxt.metas, scan_js, layout.roles, meta_names, restack)
+                found[:] = [(nxt, layout)]
                 ys = []
                 for j, (o, ax) in enumerate(zip(outs, out_spec, strict=True)):
                     if ax is Carry:
-                        if plain_carry_pos is not None:
-                            new_plain_carry = o
-                    else:
-                        if contains_graph(o):
-                            raise TransformError(
-                                f"nnx.scan: output {j} holds graph objects; only the carry "
-                                "may. Fix: return arrays per step, or mark it nnx.Carry."
-                            )
-                        ys.append(o)
+                        continue
+                    if contains_graph(o):
+                        raise TransformError(
+                            f"nnx.scan: output {j} holds graph objects; only the carry "
+                            "may. Fix: return arrays per step, or mark it nnx.Carry."
+                        )
+                    ys.append(o)
+                carry_new = [nxt.values[j] for j in layout.at]
+                scan_new = [nxt.values[j] for j in layout.scan_js]
                 return (carry_new, new_plain_carry), (scan_new, ys)
 
         (carry_vals, plain_carry), (scan_vals, ys) = jax.lax.scan(
             body, init, xs, length=length, reverse=reverse, unroll=unroll
         )
-        metas, change = static_box[0] if static_box else (spec.metas, None)
-        if change is None:
-            final = list(values)
-            for i, v in zip(carried, carry_vals, strict=True):
-                final[i] = v
-            for i, v in zip(scanned, scan_vals, strict=True):
-                final[i] = jnp.moveaxis(v, 0, leaf_axes[i])
-            changed_metas = tuple(
-                (i, m) for i, m in enumerate(metas) if m is not None and m != spec.metas[i]
-            )
-            apply(flat, None, final, _Out("fast", tuple(range(len(final))), changed_metas))
-        else:
-            # The structure changed inside (state created on or removed from a scanned
-            # argument, a static attribute): rebuild the caller's objects in place.
-            graphdef, reuse, at, scan_js, roles, _ = change
-            final = [None] * len(roles)
-            for j, v in zip(at, carry_vals, strict=True):
-                final[j] = v
-            for j, v in zip(scan_js, scan_vals, strict=True):
-                final[j] = jnp.moveaxis(v, 0, roles[j])
-            nodes = {j: flat.nodes[i] for j, i in reuse}
-            _build(graphdef, final, False, metas=list(metas), reuse=nodes)
+        nxt, layout = found[0]
+        final: list[Any] = [None] * len(layout.roles)
+        for j, v in zip(layout.at, carry_vals, strict=True):
+            final[j] = v
+        for j, v in zip(layout.scan_js, scan_vals, strict=True):
+            final[j] = jnp.moveaxis(v, 0, layout.roles[j])
+        roots = restore(flat, nxt.flat.graphdef, final, nxt.metas, nxt.reuse)
         results = []
         y_iter = iter(ys)
         for ax in out_spec:
             if ax is Carry:
-                if plain_carry_pos is not None:
-                    results.append(plain_carry)
-                elif carry_pos:
-                    results.append(args[carry_pos[0]])
-                else:
-                    results.append(None)
+                results.append(roots[graph_carry] if graph_carry is not None else plain_carry)
             else:
                 y = next(y_iter)
                 if isinstance(ax, int) and ax != 0:
@@ -394,3 +379,29 @@ def scan(
         return tuple(results) if out_is_tuple else results[0]
 
     return wrapper
+
+
+def _carry_position(axes: tuple) -> int | None:
+    """The argument the carry comes in as: the one whose in_axes is ``nnx.Carry`` (at most
+    one); without one, a graph argument whose StateAxes carries some state (its objects are
+    then the carry). Other StateAxes ``Carry`` entries carry state from step to step in
+    place, as axis None does (flax's RNN: ``(StateAxes({...: Carry}), Carry, 0)``)."""
+    plain = [i for i, ax in enumerate(axes) if ax is Carry]
+    if len(plain) > 1:
+        raise TransformError(
+            f"nnx.scan: in_axes marks arguments {plain} as nnx.Carry; at most one argument "
+            "can be the carry. Fix: pass the carried values as one argument (a tuple carry "
+            "is fine)."
+        )
+    if plain:
+        return plain[0]
+    mixed = [
+        i for i, ax in enumerate(axes) if isinstance(ax, FilterMap) and Carry in ax.values
+    ]
+    if len(mixed) > 1:
+        raise TransformError(
+            f"nnx.scan: in_axes carries state of arguments {mixed} with StateAxes and marks "
+            "none as nnx.Carry, so it is unclear which one the function returns as the "
+            "carry. Fix: mark the carry argument nnx.Carry."
+        )
+    return mixed[0] if mixed else None

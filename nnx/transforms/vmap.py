@@ -44,17 +44,18 @@ from typing import Any
 import jax
 
 from ..errors import TraceContextError, TransformError, format_path
-from ..graph import _build, _flatten_full
 from ..spmd import PARTITION_NAME, _stacked_metadata
 from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,
-    Frame,
+    Traced,
+    after,
     contains_graph,
+    follow,
     match_leaves,
-    rebuild,
-    replace_graph_args,
+    restore,
     split_args,
+    traced_call,
 )
 
 __all__ = ["PARTITION_NAME", "StateAxes", "vmap"]
@@ -180,7 +181,7 @@ def _axis_choices(arg_axes: Sequence[Any], out_axes: Any) -> tuple:
 
 
 def _arg_leaf_axes(
-    spec: Any, leaf_axes: list[Any], nodes: list[Any], post: Any, axes: Sequence[Any]
+    t: Traced, leaf_axes: list[Any], post: Any, axes: Sequence[Any]
 ) -> tuple[list[Any], list[int]]:
     """After a structural change: the axis of each leaf of the arguments, and the positions of
     the leaves created inside.
@@ -191,7 +192,8 @@ def _arg_leaf_axes(
     """
     out: list[Any] = []
     fresh: list[int] = []
-    origin = match_leaves(spec, nodes, post)
+    spec = t.spec
+    origin = match_leaves(t, post)
     for j, (leaf, path, i) in enumerate(zip(post.leaves, post.paths, origin, strict=True)):
         if i is not None:
             out.append(leaf_axes[i])
@@ -334,43 +336,39 @@ def vmap(
         where: list[Any] = []  # filled inside, read only to explain a broadcast error
 
         def pure(values: list, dyn: list, kwargs: dict) -> Any:
-            with Frame():
-                roots, nodes = rebuild(spec, values)
-                new_args, _ = replace_graph_args(dyn, {}, spec, roots)
-                out = f(*new_args, **kwargs)
-                post = _flatten_full(roots)
+            with traced_call(spec, values, f, dyn, kwargs) as t:
+                post = after(t)
                 if post.graphdef == spec.graphdef:
                     post_axes, fresh = leaf_axes, []
                 else:
-                    post_axes, fresh = _arg_leaf_axes(spec, leaf_axes, nodes, post, axes)
-                out_plain, objs = _split_out(out)
-                obj_axes = _graph_out_axes(out, out_axes, len(objs), "nnx.vmap")
-                joint = _flatten_full((roots, tuple(objs)))
+                    post_axes, fresh = _arg_leaf_axes(t, leaf_axes, post, axes)
+                out_plain, objs = _split_out(t.out)
+                obj_axes = _graph_out_axes(t.out, out_axes, len(objs), "nnx.vmap")
+                joint = follow(t, (t.roots, tuple(objs)))
                 n_in = len(post.leaves)
-                index_of = {id(x): i for i, x in enumerate(nodes)}
-                reuse = tuple(
-                    (j, index_of[id(x)]) for j, x in enumerate(joint.nodes) if id(x) in index_of
-                )
                 # Axis of each output-graph leaf: that of the graph object it belongs to.
-                all_axes = [*post_axes, *(obj_axes[p[1]] for p in joint.paths[n_in:])]
+                all_axes = [*post_axes, *(obj_axes[p[1]] for p in joint.flat.paths[n_in:])]
                 groups: tuple[list[Any], ...] = tuple([] for _ in choices)
                 members: tuple[list[int], ...] = tuple([] for _ in choices)
-                leaf_groups, metas = [], []
-                for j, (leaf, ax) in enumerate(zip(joint.leaves, all_axes, strict=True)):
+                leaf_groups = []
+                for j, (value, ax) in enumerate(zip(joint.values, all_axes, strict=True)):
                     g = group_of.get(ax)
                     if g is None:
                         raise TransformError(
                             f"nnx.vmap: axis {ax!r} for a graph leaf; use an int or None."
                         )
-                    is_var = isinstance(leaf, Variable)
-                    value = leaf._value if is_var else leaf
                     groups[g].append(_NONE if value is None else value)
                     members[g].append(j)
                     leaf_groups.append(g)
-                    metas.append(leaf._meta if is_var else None)
-                where[:] = [(joint, members, set(fresh), n_in, spec.positions)]
-                fresh_all = (*fresh, *range(n_in, len(joint.leaves)))
-                info = _VmapOut(joint.graphdef, reuse, tuple(metas), tuple(leaf_groups), fresh_all)
+                where[:] = [(joint.flat, members, set(fresh), n_in, spec.positions)]
+                fresh_all = (*fresh, *range(n_in, len(joint.values)))
+                info = _VmapOut(
+                    joint.flat.graphdef,
+                    joint.reuse,
+                    tuple(joint.metas),
+                    tuple(leaf_groups),
+                    fresh_all,
+                )
                 return groups, info, out_plain
 
         plain_axes = out_axes if not isinstance(out_axes, list) else tuple(out_axes)
@@ -398,8 +396,7 @@ def vmap(
                 axis = choices[info.groups[j]]
                 if metas[j] is not None and axis is not None:
                     metas[j] = _Meta(_stacked_metadata(metas[j], axis, stack_meta))
-        reuse = {j: flat.nodes[i] for j, i in info.reuse}
-        _, objs = _build(info.graphdef, leaves, False, metas=metas, reuse=reuse)
+        _, objs = restore(flat, info.graphdef, leaves, metas, info.reuse)
         if not objs:
             return out_plain
         return jax.tree_util.tree_map(
