@@ -26,9 +26,11 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import ConfigError
+from ..filters import All, Nothing
+from ..filters import Any as Any_
 from ..graph import iter_graph, merge, split, update
 from ..module import Module
-from ..rngs import Rngs
+from ..rngs import Rngs, RngState
 from ..variables import Param
 from . import initializers
 from ._layer import check_positive, check_rank
@@ -373,8 +375,13 @@ class RNN(Module):
       reverse: process the sequence from its end (respecting `seq_lengths` padding).
       keep_order: with `reverse`, give the outputs back in the original time order.
       unroll: ``jax.lax.scan`` unroll factor.
-      state_axes, broadcast_rngs, rngs: accepted for flax.nnx compatibility (unused: the
-        cell's non-parameter state is carried through the scan and written back).
+      broadcast_rngs: the RNG streams whose keys every time step shares (a stream name such
+        as ``'dropout'``, a tuple of names, or a filter on the cell's RNG state): each step
+        draws from the same stream state, so e.g. Dropout applies one mask to the whole
+        sequence, and afterwards the stream has advanced as one step advanced it. Other RNG
+        streams advance from step to step.
+      state_axes, rngs: accepted for flax.nnx compatibility (unused: the cell's
+        non-parameter state is carried through the scan and written back).
 
     ``__call__`` takes the same flags as keyword overrides, plus `initial_carry` (default
     ``cell.initialize_carry``) and `seq_lengths` (``(*batch,)`` ints): past its length a
@@ -412,6 +419,7 @@ class RNN(Module):
         self.reverse = reverse
         self.keep_order = keep_order
         self.unroll = unroll
+        self.broadcast_rngs = _rng_filter(broadcast_rngs)
 
     def __call__(
         self,
@@ -443,12 +451,14 @@ class RNN(Module):
         if reverse:
             xs = _flip(xs, seq_lengths)
         self._materialize(initial_carry, xs)
-        graphdef, params, rest = split(self.cell, Param, ...)
+        shared = self.broadcast_rngs if self.broadcast_rngs is not None else Nothing
+        graphdef, params, bcast, rest = split(self.cell, Param, shared, ...)
 
         def step(state: Any, x_t: tuple) -> tuple:
-            carry, rest_state = state
+            carry, rest_state, _ = state
             t, x = x_t
-            cell = merge(graphdef, params, rest_state, copy=True)
+            # Every step starts from the same broadcast RNG state (`bcast`, not carried).
+            cell = merge(graphdef, params, bcast, rest_state, copy=True)
             new_carry, y = cell(carry, x)
             if seq_lengths is not None:
                 valid = t < seq_lengths
@@ -458,14 +468,15 @@ class RNN(Module):
                     return jnp.where(mask, new, jnp.asarray(old, new.dtype))
 
                 new_carry = jax.tree.map(keep, new_carry, carry)
-            return (new_carry, split(cell, Param, ...)[2]), y
+            _, _, bcast_out, rest_out = split(cell, Param, shared, ...)
+            return (new_carry, rest_out, bcast_out), y
 
         steps = jnp.arange(xs.shape[0])
-        (carry, rest), ys = jax.lax.scan(
-            step, (initial_carry, rest), (steps, xs), unroll=self.unroll
+        (carry, rest, bcast), ys = jax.lax.scan(
+            step, (initial_carry, rest, bcast), (steps, xs), unroll=self.unroll
         )
-        if rest.flat_state():
-            update(self.cell, rest)
+        if rest.flat_state() or bcast.flat_state():
+            update(self.cell, rest, bcast)
         if reverse and keep_order:
             ys = jax.tree.map(lambda y: _flip(y, seq_lengths), ys)
         ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
@@ -476,6 +487,17 @@ class RNN(Module):
         if not _has_lazy(self.cell):
             return
         self.cell(carry, xs[0])
+
+
+def _rng_filter(broadcast_rngs: Any) -> Any:
+    """The filter on RNG state that ``RNN(broadcast_rngs=...)`` names (None for none)."""
+    if broadcast_rngs is None or broadcast_rngs is False:
+        return None
+    if isinstance(broadcast_rngs, str):
+        broadcast_rngs = (broadcast_rngs,)
+    if isinstance(broadcast_rngs, tuple):  # stream names (or filters): any of them
+        broadcast_rngs = Any_(*broadcast_rngs)
+    return All(RngState, broadcast_rngs)  # a string matches a stream's tag or path part
 
 
 def _has_lazy(module: Any) -> bool:
