@@ -32,6 +32,7 @@ from jax.tree_util import GetAttrKey
 
 from . import _version
 from ._repr import object_repr, value_summary
+from ._sharding_meta import _place_new_value
 from .errors import ArgumentError, AttributeNotFoundError, KeyNotFoundError
 
 __all__ = [
@@ -281,12 +282,6 @@ def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[
     return wrapper
 
 
-# nnx.spmd installs this when it is imported (``import nnx`` always does): it places the value
-# of a new Variable whose metadata asks for a sharding (``out_sharding``) on the mesh. A hook
-# rather than an import keeps this floor free of the sharding machinery above it.
-_place_new_value: Callable[[type, Any, Mapping[str, Any]], Any] | None = None
-
-
 class Variable(Generic[A]):
     """A mutable container for one piece of model state, with metadata.
 
@@ -326,7 +321,9 @@ class Variable(Generic[A]):
         if isinstance(value, Variable):
             metadata = {**value._meta, **metadata}
             value = value._value
-        if metadata and _place_new_value is not None:
+        if metadata:
+            # Places the value of a new Variable whose metadata asks for a sharding
+            # (``out_sharding``) on the mesh; see nnx._sharding_meta (the floor below this one).
             value = _place_new_value(type(self), value, metadata)
         object.__setattr__(self, "_value", value)
         object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)

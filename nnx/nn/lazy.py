@@ -15,9 +15,9 @@ from typing import Any
 
 import jax
 
+from .._sharding_meta import _place_new_value, use_eager_sharding, using_eager_sharding
 from ..errors import ShapeError
 from ..graph import _flatten_full, state
-from ..spmd import _place_new_value, use_eager_sharding, using_eager_sharding
 from ..state import _flat_pairs
 from ..variables import Variable
 

@@ -94,7 +94,6 @@ def contains_graph(x: Any) -> bool:
     )
 
 
-
 class CallSpec:
     """Static description of one call's graph arguments: hashable, cached per structure.
 

@@ -53,9 +53,7 @@ def _pure(f: Callable, spec: Any, what: str, found: list) -> Callable:
 
     def pure(values: list, dyn: list) -> Any:
         with traced_call(spec, values, f, dyn) as t:
-            out, new, info = collect(
-                t, t.out, force=True, allow_structure_change=False, what=what
-            )
+            out, new, info = collect(t, t.out, force=True, allow_structure_change=False, what=what)
             found[:] = [info]
             return out, new
 

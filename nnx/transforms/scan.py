@@ -43,8 +43,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._sharding_meta import _stacked_metadata, _unstacked_metadata
 from ..errors import TraceContextError, TransformError
-from ..spmd import _stacked_metadata, _unstacked_metadata
 from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,
@@ -395,9 +395,7 @@ def _carry_position(axes: tuple) -> int | None:
         )
     if plain:
         return plain[0]
-    mixed = [
-        i for i, ax in enumerate(axes) if isinstance(ax, FilterMap) and Carry in ax.values
-    ]
+    mixed = [i for i, ax in enumerate(axes) if isinstance(ax, FilterMap) and Carry in ax.values]
     if len(mixed) > 1:
         raise TransformError(
             f"nnx.scan: in_axes carries state of arguments {mixed} with StateAxes and marks "

@@ -25,10 +25,10 @@ from typing import Any
 import jax
 from jax.experimental import checkify as _checkify
 
+from .._sharding_specs import _shard_abstract, get_named_sharding
 from ..graph import GraphDef, split
-from ..spmd import _shard_abstract, get_named_sharding
 from ..state import State
-from ._lift import Frame, call_transformed, rebuild, replace_graph_args, split_args
+from ._lift import call_transformed, split_args, traced_call
 
 __all__ = ["checkify", "eval_shape", "get_abstract_model", "make_jaxpr"]
 
@@ -104,10 +104,8 @@ def make_jaxpr(f: Callable, **jaxpr_kwargs: Any) -> Callable[..., Any]:
         dyn = [None if i in graph_pos else a for i, a in enumerate(args)]
 
         def pure(values: list, dyn: list) -> Any:
-            with Frame():
-                roots, _ = rebuild(spec, values)
-                new_args, new_kwargs = replace_graph_args(dyn, kwargs, spec, roots)
-                return f(*new_args, **new_kwargs)
+            with traced_call(spec, values, f, dyn, kwargs) as t:
+                return t.out
 
         return jax.make_jaxpr(pure, **jaxpr_kwargs)(values, dyn)
 

@@ -43,8 +43,8 @@ from typing import Any
 
 import jax
 
+from .._sharding_meta import PARTITION_NAME, _stacked_metadata
 from ..errors import TraceContextError, TransformError, format_path
-from ..spmd import PARTITION_NAME, _stacked_metadata
 from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,

@@ -234,7 +234,7 @@ class _DropCell(nnx.Module):
         return c, self.drop(x)
 
     def initialize_carry(self, shape, rngs=None):
-        return jnp.zeros(shape[:-1] + (4,))
+        return jnp.zeros((*shape[:-1], 4))
 
 
 @pytest.mark.parametrize("broadcast", ["dropout", ("dropout",), nnx.RngState])
@@ -273,7 +273,7 @@ def test_optimizer_in_scan_carry_trains_like_a_loop():
         if scanned:
             (_, _), losses = _scan_carry(step, (model, opt), (xs, ys))
         else:
-            losses = jnp.stack([step((model, opt), (x, y))[1] for x, y in zip(xs, ys)])
+            losses = jnp.stack([step((model, opt), (x, y))[1] for x, y in zip(xs, ys, strict=True)])
         return model, losses
 
     m1, l1 = run(True)
