@@ -6,8 +6,16 @@ loop carry; at most one argument), an int (sliced along that axis, one slice per
 per leaf. ``out_axes`` describes the output the same way: ``Carry`` marks the new carry,
 ints the stacked per-step outputs.
 
-Graph state that is not sliced (Carry or None) is carried from step to step, so RNG counters
-and statistics keep counting; sliced state comes back stacked.
+The carry is what the step returns at its ``Carry`` output: the next step receives it, and
+the scan returns the last one. As in every nnx transform, objects returned are returned (an
+object the step received and returns, mutated in place or not, is the caller's very object;
+an object the step creates, e.g. ``nnx.Param(p + x)`` or a State built with
+``jax.tree.map``, comes back new) and objects passed in and mutated are updated in place;
+both at once works (``(model, gsum)`` with ``model`` mutated and ``gsum`` new). A carry may
+mix graph objects with arrays and Python scalars (made arrays, as ``jax.lax.scan`` does).
+Other graph state that is not sliced (None, or a StateAxes entry ``Carry``, as in flax's
+``(StateAxes({...: Carry}), Carry, 0)`` for an RNN cell) is carried from step to step in
+place, so RNG counters and statistics keep counting; sliced state comes back stacked.
 
 Structure may change inside where each step owns its slice, as in flax: a step may create
 Variables (or sub-modules holding them) on an argument sliced along an int axis, and they
