@@ -63,12 +63,15 @@ __all__ = [
     "Traced",
     "after",
     "apply",
+    "check_dropped",
     "collect",
     "contains_graph",
     "follow",
     "match_leaves",
     "restore",
+    "roots_of",
     "split_args",
+    "structure",
     "traced_call",
 ]
 
@@ -179,6 +182,11 @@ def leaf_values(flat: _Flat) -> list[Any]:
     return list(map(_get_value, flat.leaves))
 
 
+def roots_of(spec: CallSpec, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> list:
+    """The graph arguments of a call, in ``spec.positions`` order."""
+    return [args[p] if isinstance(p, int) else (kwargs or {})[p] for p in spec.positions]
+
+
 def replace_graph_args(
     args: Sequence[Any], kwargs: dict[str, Any], spec: CallSpec, parts: Sequence[Any]
 ) -> tuple[list[Any], dict[str, Any]]:
@@ -257,12 +265,16 @@ class Continuation(NamedTuple):
       metas: each leaf's Variable metadata (None for raw leaves).
       reuse: (node index in `flat`, node index of the inputs) for each node that IS one of
         the step's input objects; :func:`restore` writes those into the caller's objects.
+      dropped: the paths (graph-argument index first) of input Variables the step changed
+        but did not hand on (it returned other objects in their place): a loop would apply
+        such a change on its first step only, so loops refuse it.
     """
 
     flat: _Flat
     values: list[Any]
     metas: list[Any]
     reuse: tuple[tuple[int, int], ...]
+    dropped: tuple[tuple, ...]
 
 
 def _leaf_value(leaf: Any) -> Any:
@@ -291,7 +303,40 @@ def follow(t: Traced, roots: Sequence[Any]) -> Continuation:
     post = _flatten_full(tuple(roots))
     values = list(map(_leaf_value, post.leaves))
     metas = list(map(_leaf_meta, post.leaves))
-    return Continuation(post, values, metas, _reuse_pairs(post.nodes, t.nodes))
+    kept = {id(n) for n in post.nodes}
+    left = after(t)
+    dropped: tuple[tuple, ...] = ()
+    if left.graphdef == t.spec.graphdef:
+        dropped = tuple(
+            path
+            for leaf, path, old in zip(left.leaves, left.paths, t.values, strict=True)
+            if isinstance(leaf, Variable) and id(leaf) not in kept and leaf._value is not old
+        )
+    return Continuation(post, values, metas, _reuse_pairs(post.nodes, t.nodes), dropped)
+
+
+def structure(objs: Sequence[Any]) -> GraphDef:
+    """The GraphDef of `objs` flattened together (to compare a loop carry's structure)."""
+    return _flatten_full(tuple(objs)).graphdef
+
+
+_DROPPED = (
+    "{what}: the {step} changed Variables of the objects it received:\n{paths}\nbut handed "
+    "on other objects in their place (e.g. a copy), so the change would apply on the first "
+    "step only and then be lost.\n"
+    "Fix: return the objects you mutate (nnx carries them in place), or leave the objects "
+    "you replace unchanged and build the new ones from their values."
+)
+
+
+def check_dropped(nxt: Continuation, name: Callable[[tuple], str], what: str, step: str) -> None:
+    """Raises TraceContextError when a loop step changed input Variables it did not hand on
+    (see :attr:`Continuation.dropped`); `name` formats a path for the message."""
+    if nxt.dropped:
+        from ..errors import TraceContextError, short_list
+
+        paths = short_list([name(p) for p in nxt.dropped])
+        raise TraceContextError(_DROPPED.format(what=what, step=step, paths=paths))
 
 
 def restore(
@@ -540,6 +585,10 @@ class FilterMap:
         return hash((type(self), self.filters, self.values))
 
 
+def _as_jax(x: Any) -> Any:
+    return jax.numpy.asarray(x) if isinstance(x, np.ndarray) else x
+
+
 def call_transformed(
     fun: Callable,
     args: Sequence[Any],
@@ -570,7 +619,9 @@ def call_transformed(
         with traced_call(spec, values, fun, full, dyn_kwargs) as t:
             return collect(t, t.out, what=what)
 
-    result = wrap(pure)(values, dyn_args, dyn_kwargs)
+    # Outside jit, jax.checkpoint hands constants back as numpy-backed literals: make them
+    # jax arrays, as the eager function returned them, before they reach Variables.
+    result = jax.tree_util.tree_map(_as_jax, wrap(pure)(values, dyn_args, dyn_kwargs))
     if finish is None:
         out, new_values, info = result
         return apply(flat, out, new_values, info, write=write)

@@ -38,10 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import TraceContextError
+from ..errors import TraceContextError, format_path
 from ._lift import (
     _GRAPH_TYPES,
     apply,
+    check_dropped,
     collect,
     follow,
     restore,
@@ -133,6 +134,7 @@ class _Loop:
                         what=self.what, before=self.spec.graphdef, after=nxt.flat.graphdef
                     )
                 )
+            check_dropped(nxt, lambda p: format_path(p[1:], "carry"), self.what, "loop body")
             self.found[:] = [(nxt.metas, nxt.reuse)]
             return nxt.values
 
@@ -158,10 +160,12 @@ def fori_loop(
     """``jax.lax.fori_loop`` whose carry may hold graph objects (see the module docstring
     for what is returned and what is updated in place)."""
     kwargs = {} if unroll is None else {"unroll": unroll}
-    init_val = as_array_carry(init_val)
-    loop = _Loop(init_val, "nnx.fori_loop")
+    carry = as_array_carry(init_val)
+    loop = _Loop(carry, "nnx.fori_loop")
     if not loop.spec.positions:
-        return jax.lax.fori_loop(lower, upper, body_fun, init_val, **kwargs)
+        return jax.lax.fori_loop(lower, upper, body_fun, carry, **kwargs)
+    if isinstance(lower, int) and isinstance(upper, int) and upper <= lower:
+        return init_val  # the body never runs: the caller's objects, as a Python loop
 
     def body(i: Any, values: list) -> list:
         return loop.step(lambda val: body_fun(i, val), values)

@@ -57,11 +57,14 @@ from ..variables import Variable, _Meta
 from ._lift import (
     FilterMap,
     Traced,
+    check_dropped,
     contains_graph,
     follow,
     match_leaves,
     restore,
+    roots_of,
     split_args,
+    structure,
     traced_call,
 )
 from .control import as_array_carry
@@ -109,6 +112,21 @@ _CARRY_CREATED = (
 )
 
 
+_CARRY_STRUCTURE = (
+    "nnx.scan: the step changed the structure of {where}, which is carried from step to "
+    "step ({before!r} before, {after!r} after); a loop carry keeps its structure.\n"
+    "Fix: return objects of the same structure (the same objects mutated in place, or new "
+    "ones built alike), and create attributes and references before the scan."
+)
+
+
+def _where(spec: Any, path: tuple) -> str:
+    """``args[1].layer.w`` for a leaf path whose first entry is its graph argument's index."""
+    from ..errors import format_path
+
+    return format_path(path[1:], f"args[{spec.positions[path[0]]}]")
+
+
 def _example_filter(cls: type | None) -> str:
     """A filter naming a leaf's Variable type (a catch-all for raw arrays)."""
     return f"nnx.{cls.__name__}" if cls is not None else "..."
@@ -139,12 +157,10 @@ def _restructure(t: Traced, post: Any, axes: tuple, leaf_axes: list[Any], carrie
     the new leaves come out stacked along the axis their argument's in_axes gives them, as in
     flax. Carried (Carry or None) state must keep its leaves: a loop carry has one structure.
     """
-    from ..errors import format_path
-
     spec = t.spec
 
     def where(path: tuple) -> str:
-        return format_path(path[1:], f"args[{spec.positions[path[0]]}]")
+        return _where(spec, path)
 
     origin = match_leaves(t, post)
     types = spec.graphdef.leaf_types
@@ -293,6 +309,12 @@ def scan(
         scanned = [i for i, ax in enumerate(leaf_axes) if isinstance(ax, int)]
         carried = [i for i, ax in enumerate(leaf_axes) if not isinstance(ax, int)]
         body_spec, sliced = _sliced_spec(spec, scanned, leaf_axes, meta_names)
+        # Graph arguments carried whole (no leaf sliced) keep their structure step to step.
+        whole = {
+            k: structure((root,))
+            for k, root in enumerate(roots_of(spec, args))
+            if not any(isinstance(leaf_axes[i], int) for i in range(*spec.slices[k]))
+        }
         # The carry argument: holding graph objects, its leaves are loop state and the
         # returned carry takes its place among the graph arguments; else a plain jax carry.
         graph_carry = spec.positions.index(carry_pos) if carry_pos in graph_pos else None
@@ -340,6 +362,7 @@ def scan(
                     else:
                         new_plain_carry = outs[carry_out_idx[0]]
                 nxt = follow(t, new_roots)
+                check_dropped(nxt, lambda p: _where(spec, p), "nnx.scan", "step")
                 if nxt.flat.graphdef == spec.graphdef:
                     layout = _Layout(tuple(carried), tuple(scanned), tuple(leaf_axes), None)
                     restack = sliced.__contains__
@@ -347,6 +370,14 @@ def scan(
                     layout = _restructure(t, nxt.flat, axes, leaf_axes, carried)
                     origin = layout.origin
                     restack = lambda j: origin[j] is None or origin[j] in sliced
+                    for k, before in whole.items():
+                        now = structure((new_roots[k],))
+                        if now != before:
+                            raise TraceContextError(
+                                _CARRY_STRUCTURE.format(
+                                    where=f"args[{spec.positions[k]}]", before=before, after=now
+                                )
+                            )
                 scan_js = list(layout.scan_js)
                 nxt.metas[:] = _restack(nxt.metas, scan_js, layout.roles, meta_names, restack)
                 found[:] = [(nxt, layout)]

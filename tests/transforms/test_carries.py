@@ -280,3 +280,48 @@ def test_optimizer_in_scan_carry_trains_like_a_loop():
     m2, l2 = run(False)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(m1.lin.kernel[...], m2.lin.kernel[...], rtol=1e-5)
+
+
+# -- found by the eager-equivalence properties (tests/transforms/test_eager_equivalence.py) --
+def test_fori_loop_that_never_runs_returns_the_callers_object():
+    model = Model(nnx.Rngs(0))
+    assert nnx.fori_loop(0, 0, lambda i, m: nnx.clone(m), model) is model
+
+
+def _mutate_and_copy(m: Model) -> Model:
+    m.steps[...] += 1
+    return nnx.clone(m)
+
+
+def test_loops_refuse_a_mutation_handed_on_as_a_copy():
+    """Eagerly the caller's object changes on the first step only; a traced loop cannot
+    express that, so it refuses (and changes nothing) instead of dropping the change."""
+    model = Model(nnx.Rngs(0))
+    with pytest.raises(TraceContextError, match=r"(?s)carry\.steps.*first step only"):
+        nnx.fori_loop(0, 2, lambda i, m: _mutate_and_copy(m), model)
+    with pytest.raises(TraceContextError, match=r"(?s)args\[0\]\.steps.*first step only"):
+        _scan_carry(lambda m, x: (_mutate_and_copy(m), x), model, jnp.ones(2))
+    assert int(model.steps[...]) == 0
+
+
+def test_scan_refuses_a_carry_whose_references_change():
+    model = Model(nnx.Rngs(0))
+
+    def step(m, x):
+        m.me = m  # a new reference: no Variable added, but the structure changed
+        return m, x
+
+    with pytest.raises(TraceContextError, match=r"structure of args\[0\]"):
+        _scan_carry(step, model, jnp.ones(2))
+    assert "me" not in vars(model)
+
+
+def test_remat_outside_jit_gives_jax_arrays():
+    model = Model(nnx.Rngs(0))
+
+    def f(m):
+        m.extra = nnx.Param(jnp.zeros(()))
+        return jnp.ones(())
+
+    out = nnx.remat(f)(model)
+    assert isinstance(out, jax.Array) and isinstance(model.extra[...], jax.Array)
