@@ -84,7 +84,7 @@ from .state import (
     _split_pairs,
     from_flat_state,
 )
-from .variables import Variable
+from .variables import Variable, _check_frame, _Tracer
 
 __all__ = [
     "GraphDef",
@@ -308,6 +308,13 @@ def update(node: Any, /, *states: Mapping) -> None:
             + "\nFix: update with a state taken from this model (nnx.state(model)), or "
             "rebuild the model with the matching configuration."
         )
+    # Inside a raw JAX transform, a tracer must not land in a Variable of another trace:
+    # check every target before writing any (a refused update changes nothing).
+    for i, leaf in plan:
+        value = leaf._value if isinstance(leaf, Variable) else leaf
+        target = flat.leaves[i]
+        if isinstance(value, _Tracer) and isinstance(target, Variable):
+            _check_frame(target, value)
     raw: list[tuple[int, Any]] = []
     for i, leaf in plan:
         target = flat.leaves[i]

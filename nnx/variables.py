@@ -31,6 +31,7 @@ import numpy as np
 from jax.tree_util import GetAttrKey
 
 from . import _version
+from ._heap_path import find_path
 from ._repr import object_repr, value_summary
 from ._sharding_meta import _place_new_value
 from .errors import ArgumentError, AttributeNotFoundError, KeyNotFoundError
@@ -51,7 +52,7 @@ __all__ = [
 
 A = TypeVar("A")
 _MISSING: Any = object()
-_OWN_FIELDS = frozenset({"_value", "_meta", "_nnx_stamp"})
+_OWN_FIELDS = frozenset({"_value", "_meta", "_nnx_stamp", "_nnx_trace"})
 
 
 class _Meta(dict):
@@ -107,22 +108,71 @@ class _Frame(set):
 
 _FRAMES: list[_Frame] = []
 
+try:  # a weak reference to the JAX trace now running (the eval trace outside any transform)
+    from jax._src.core import trace_state as _jax_trace
+except ImportError:  # pragma: no cover - a JAX without it: the public, slower equivalent
+
+    class _OpaqueTrace:
+        @property
+        def value(self) -> Any:
+            from jax.extend.core import get_opaque_trace_state
+
+            return get_opaque_trace_state()
+
+    _jax_trace = _OpaqueTrace()  # type: ignore[assignment]
+
+_Tracer = jax.core.Tracer
+
 _LEAK_MESSAGE = (
-    "{cls} (metadata {meta}) was assigned a traced value inside an nnx transform, but it was "
+    "{what} was assigned a traced value inside an nnx transform, but it was "
     "not passed to that transform: it is reached through a closure or a global, so the "
     "transform cannot carry the new value back out, and the Variable would hold a leaked "
-    "tracer.\nFix: pass the module (or Variable) that owns it as an argument of the "
-    "transformed function, e.g. nnx.jit(lambda model, x: ...)(model, x)."
+    "tracer. It keeps its old value.\nFix: pass the module (or Variable) that owns it as an "
+    "argument of the transformed function, e.g. nnx.jit(lambda model, x: ...)(model, x)."
+)
+
+_JAX_LEAK_MESSAGE = (
+    "{what} was assigned a traced value inside a JAX transform it was not passed to (a raw "
+    "jax.jit, jax.grad, jax.vmap, jax.lax.scan/cond/while_loop... that reaches it through a "
+    "closure or a global): the value is a tracer that means nothing once that transform "
+    "returns, and the Variable would keep it (JAX's UnexpectedTracerError on a later call). "
+    "It keeps its old value.\nFix: use the nnx transform instead (nnx.jit, nnx.grad, nnx.vmap, "
+    "nnx.scan, nnx.cond, nnx.fori_loop...), which carries the new value back out, e.g. "
+    "nnx.jit(lambda model, x: ...)(model, x); or pass the module to the JAX transform as an "
+    "argument and return its new state (nnx.split / nnx.merge)."
 )
 
 
 def _check_frame(var: Variable, value: Any) -> None:
-    if id(var) not in _FRAMES[-1] and isinstance(value, jax.core.Tracer):
-        from .errors import TraceContextError
+    """Raises TraceContextError if giving `var` the traced `value` would leak the tracer.
 
-        raise TraceContextError(
-            _LEAK_MESSAGE.format(cls=type(var).__name__, meta=dict(var._meta) or "none")
-        )
+    Called only for Tracer values (an ``isinstance`` on the hot path of ``v.value = x``).
+    Leaking means `var` belongs to another trace than the one running: an nnx transform that
+    did not rebuild it, or a JAX transform other than the one (or outside the one) that was
+    running when the Variable was created, rebuilt or unflattened.
+    """
+    if _FRAMES and id(var) not in _FRAMES[-1]:
+        message = _LEAK_MESSAGE
+    else:
+        born = getattr(var, "_nnx_trace", None)
+        if born is None or born == _jax_trace.value:
+            return
+        message = _JAX_LEAK_MESSAGE
+    from .errors import TraceContextError
+
+    raise TraceContextError(message.format(what=_describe(var)))
+
+
+def _describe(var: Variable) -> str:
+    """``Param Model.layers[0].kernel``: the Variable's class and, when it can be found, where
+    it sits; else its class and metadata. For error messages only (it searches the heap)."""
+    try:
+        path = find_path(var)
+    except Exception:  # best effort: never hide the real error behind this one
+        path = None
+    if path:
+        return f"{type(var).__name__} {path}"
+    return f"{type(var).__name__} (metadata {dict(var._meta) or 'none'})"
 
 
 _LEAKED_MESSAGE = (
@@ -311,7 +361,9 @@ class Variable(Generic[A]):
       'steps'
     """
 
-    __slots__ = ("__weakref__", "_meta", "_nnx_stamp", "_value")
+    # _nnx_trace: (a weak reference to) the JAX trace the Variable was created, rebuilt,
+    # unflattened or copied in; assigning it a tracer of another trace raises (_check_frame).
+    __slots__ = ("__weakref__", "_meta", "_nnx_stamp", "_nnx_trace", "_value")
     _nnx_collection: ClassVar[str | None] = None
 
     def __init__(self, value: A, **metadata: Any):
@@ -328,6 +380,7 @@ class Variable(Generic[A]):
         object.__setattr__(self, "_value", value)
         object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
         object.__setattr__(self, "_nnx_stamp", 0)
+        _set_trace(self, _jax_trace.value)
         if _FRAMES:
             _FRAMES[-1].register(self)
 
@@ -345,7 +398,7 @@ class Variable(Generic[A]):
     def value(self, value: A) -> None:
         if isinstance(value, Variable):
             value = value._value
-        if _FRAMES:
+        if isinstance(value, _Tracer):  # the only cost on the hot path
             _check_frame(self, value)
         object.__setattr__(self, "_value", value)
 
@@ -379,7 +432,7 @@ class Variable(Generic[A]):
         else:
             current[key] = item  # type: ignore[index]
             return
-        if _FRAMES:
+        if isinstance(new, _Tracer):
             _check_frame(self, new)
         object.__setattr__(self, "_value", new)
 
@@ -466,6 +519,7 @@ class Variable(Generic[A]):
         _set_value(new, self._value)  # slot descriptors directly: merge copies every leaf
         _set_meta(new, self._meta)
         _set_stamp(new, 0)
+        _set_trace(new, _jax_trace.value)
         if _FRAMES:
             _FRAMES[-1].register(new)
         return new
@@ -480,6 +534,7 @@ class Variable(Generic[A]):
         object.__setattr__(new, "_value", _copy.deepcopy(self._value, memo))
         object.__setattr__(new, "_meta", _Meta(_copy.deepcopy(dict(self._meta), memo)))
         object.__setattr__(new, "_nnx_stamp", 0)
+        object.__setattr__(new, "_nnx_trace", _jax_trace.value)
         return new
 
     def __getstate__(self) -> dict:
@@ -489,6 +544,7 @@ class Variable(Generic[A]):
         object.__setattr__(self, "_value", state["value"])
         object.__setattr__(self, "_meta", _Meta(state["metadata"]))
         object.__setattr__(self, "_nnx_stamp", 0)
+        object.__setattr__(self, "_nnx_trace", _jax_trace.value)
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: metadata first, then the value's attributes
@@ -621,6 +677,7 @@ def _register_pytree(cls: type[Variable]) -> None:
         object.__setattr__(new, "_value", children[0])
         object.__setattr__(new, "_meta", meta)
         object.__setattr__(new, "_nnx_stamp", 0)
+        object.__setattr__(new, "_nnx_trace", _jax_trace.value)
         if _FRAMES:
             _FRAMES[-1].register(new)
         return new
@@ -636,6 +693,7 @@ _new = object.__new__
 _set_value = Variable.__dict__["_value"].__set__
 _set_meta = Variable.__dict__["_meta"].__set__
 _set_stamp = Variable.__dict__["_nnx_stamp"].__set__
+_set_trace = Variable.__dict__["_nnx_trace"].__set__
 
 
 class Param(Variable[A]):

@@ -54,7 +54,7 @@ from ..graph import (
     _write_raw_leaves,
 )
 from ..pytreelib import Dict, List, Pytree
-from ..variables import _FRAMES, Variable, _Frame
+from ..variables import _FRAMES, Variable, _check_frame, _Frame, _Tracer
 
 __all__ = [
     "CallSpec",
@@ -353,7 +353,20 @@ def restore(
     updated in place (values, metadata, attributes). With ``write=False`` everything is new
     and the caller's objects are left alone."""
     nodes = {j: flat.nodes[i] for j, i in reuse} if write else None
+    if nodes:
+        _check_writes(nodes.values(), values)
     return _build(graphdef, list(values), False, metas=list(metas), reuse=nodes)
+
+
+def _check_writes(targets: Any, values: Sequence[Any]) -> None:
+    """Before a write-back: when the values are tracers (an nnx transform called inside a
+    raw JAX transform), every target Variable must belong to the running trace, else
+    TraceContextError and nothing is written. One ``isinstance`` when they are not."""
+    tracer = next((v for v in values if isinstance(v, _Tracer)), None)
+    if tracer is not None:
+        for var in targets:
+            if isinstance(var, Variable):
+                _check_frame(var, tracer)
 
 
 def match_leaves(t: Traced, post: _Flat) -> list[int | None]:
@@ -504,6 +517,8 @@ def apply(
     (flatten, Out) and reused.
     """
     if info.mode == "fast":
+        if write and values and isinstance(values[0], _Tracer):
+            _check_writes([flat.leaves[i] for i in info.indices], values)
         if write and cache and info.indices:
             _, targets, var_pos, raw, plain = _write_plan(flat, info)
             vals = values if var_pos is None else [values[k] for k in var_pos]

@@ -26,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,11 +37,13 @@ import jax
 
 from ..errors import TransformError
 from ..graph import _flatten_full, _write_slot
+from ..pytreelib import Dict, List, Pytree
 from ..state import State, _flat_pairs
 from ..variables import Variable
 from ._lift import (
     CallSpec,
     FilterMap,
+    Out,
     apply,
     collect,
     contains_graph,
@@ -67,6 +71,80 @@ def _as_tuple(x: int | Iterable[int] | None) -> tuple:
     return tuple(x)
 
 
+def _numbers_and_names(
+    fun: Callable, argnums: Any, argnames: Any
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(argnums, argnames) as ``jax.jit`` resolves them: when only one of the two is given, the
+    other follows from `fun`'s signature (its positional-or-keyword parameters), so an argument
+    marked static (or donated) by name is recognised when passed by position, and the reverse.
+
+    Args:
+      fun: the function ``nnx.jit`` wraps.
+      argnums: the numbers given (int, iterable of ints, or None).
+      argnames: the names given (str, iterable of strs, or None).
+
+    Returns:
+      The numbers and the names, each a tuple without duplicates.
+    """
+    nums, names = _as_tuple(argnums), _as_tuple(argnames)
+    if (argnums is None) == (argnames is None):  # both given (taken as they are), or neither
+        return nums, names
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):  # no signature (some builtins): nothing to infer from
+        return nums, names
+    both = [(i, p.name) for i, p in enumerate(params) if p.kind is p.POSITIONAL_OR_KEYWORD]
+    if argnums is None:
+        nums = tuple(i for i, name in both if name in names)
+    else:
+        names = tuple(name for i, name in both if i in nums)
+    return tuple(dict.fromkeys(nums)), tuple(dict.fromkeys(names))
+
+
+def _parameter_names(fun: Callable) -> list[str]:
+    """The names of `fun`'s positional parameters, for messages ([] without a signature)."""
+    try:
+        params = inspect.signature(fun).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+_STATIC_GRAPH_MESSAGE = (
+    "nnx.jit({fun}): {which} is static ({how}) but holds a graph object, {what}. A static "
+    "argument is hashed into the compiled function and its contents are baked in as "
+    "constants, so a graph object (a Module, Variable, Rngs, Optimizer, or a pytree holding "
+    "one) cannot be static: its Variables' values would be frozen in, and what the function "
+    "changes on it would be lost.\nFix: pass it as a normal argument (remove it from "
+    "static_argnums/static_argnames); nnx.jit already caches the compiled function on the "
+    "object's structure and traces only its array values."
+)
+
+_NOT_SERIALISABLE_MESSAGE = (
+    "This exported nnx.jit function returns graph objects (Modules, Variables...) or changes "
+    "the structure or metadata of its graph arguments (new attributes, replaced Variables): "
+    "only nnx can carry that out, so it has no serialisable form.\nFix: export a function "
+    "that returns arrays (pytrees of arrays, e.g. jax.tree.leaves(nnx.state(model))), and "
+    "create attributes and sub-modules before exporting (run the model once, or "
+    "nnx.eval_shape)."
+)
+
+
+def _not_serialisable(_: Any) -> bytes:
+    raise TransformError(_NOT_SERIALISABLE_MESSAGE)
+
+
+# An exported nnx.jit function whose output could not be said in arrays (see JitWrapped.trace)
+# still carries the static Out node: serialising it says why instead of "unregistered type".
+with contextlib.suppress(ValueError):  # ValueError: already registered (a module reload)
+    jax.export.register_pytree_node_serialization(
+        Out,
+        serialized_name="nnx.transforms.Out",
+        serialize_auxdata=_not_serialisable,
+        deserialize_auxdata=_not_serialisable,
+    )
+
+
 class JitWrapped:
     """The callable ``nnx.jit`` returns; also usable as a method decorator."""
 
@@ -88,12 +166,16 @@ class JitWrapped:
     ):
         functools.update_wrapper(self, fun)
         self.fun = fun
-        self.static_argnums = _as_tuple(static_argnums)
-        self.static_argnames = _as_tuple(static_argnames)
+        # Numbers and names both, as jax.jit: f(m, x, "double") with static_argnames="mode"
+        # must find the static argument at its position (and static_argnums by keyword).
+        self.static_argnums, self.static_argnames = _numbers_and_names(
+            fun, static_argnums, static_argnames
+        )
+        donate_nums, donate_names = _numbers_and_names(fun, donate_argnums, donate_argnames)
         self._static = frozenset(self.static_argnums)
         self._static_names = frozenset(self.static_argnames)
-        self._donate = frozenset(_as_tuple(donate_argnums))
-        self._donate_names = frozenset(_as_tuple(donate_argnames))
+        self._donate = frozenset(donate_nums)
+        self._donate_names = frozenset(donate_names)
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
         self._jit_kwargs: dict[str, Any] = dict(
@@ -113,6 +195,7 @@ class JitWrapped:
         self._per_spec = in_shardings is not _UNSPECIFIED or out_shardings is not _UNSPECIFIED
         self._jitted = None if self._per_spec else jax.jit(self._inner, **self._jit_kwargs)
         self._jitted_by_spec: dict[CallSpec, Any] = {}
+        self._exported_by_spec: dict[CallSpec | None, Any] = {}
         self._memo: _LastCall | None = None
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
@@ -136,8 +219,60 @@ class JitWrapped:
                 out = _constrain_out(out, self.out_shardings)
             return collect(t, out, force=force, what="nnx.jit")
 
+    def _export_inner(self, spec: CallSpec, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`_inner` as a pure function of arrays, what :meth:`trace` and :meth:`lower`
+        (and so ``jax.export``) see: returns `out`, or ``(out, new_state)`` when the call
+        changed Variable values, `new_state` holding one list per graph argument, like its
+        input. A call that changes structure or metadata, or returns graph objects, cannot be
+        said in arrays: it keeps ``_inner``'s (out, values, Out), which serialises to an
+        error."""
+        out, values, info = self._inner(spec, *args, **kwargs)
+        if info.mode != "fast" or info.metas:
+            return out, values, info
+        parts = [args[p] if isinstance(p, int) else kwargs[p] for p in spec.positions]
+        state = [v for part in parts for v in part]
+        changed = False
+        for i, value in zip(info.indices, values, strict=True):
+            if value is not state[i]:  # donated leaves come back unchanged: not an update
+                state[i] = value
+                changed = True
+        if not changed:
+            return out
+        return out, tuple(state[a:b] for a, b in spec.slices)
+
     # -- outside ------------------------------------------------------------------------
+    def _check_static(self, args: tuple, kwargs: dict) -> None:
+        """Raises TransformError if a static argument holds a graph object."""
+        for i in self._static:
+            if -len(args) <= i < len(args) and contains_graph(args[i]):
+                raise TransformError(self._static_graph_message(args[i], i))
+        for name in self._static_names:
+            if name in kwargs and contains_graph(kwargs[name]):
+                raise TransformError(self._static_graph_message(kwargs[name], name))
+
+    def _static_graph_message(self, arg: Any, where: int | str) -> str:
+        if isinstance(where, int):
+            names = [n for i, n in enumerate(_parameter_names(self.fun)) if i == where]
+            which = f"argument {where}" + (f" (`{names[0]}`)" if names else "")
+            how = f"static_argnums={self.static_argnums}"
+        else:
+            which, how = f"argument `{where}`", f"static_argnames={self.static_argnames}"
+        graph = (Pytree, List, Dict, Variable)
+        if isinstance(arg, graph):
+            what = f"`{type(arg).__name__}`"
+        else:
+            leaf = next(
+                leaf
+                for leaf in jax.tree_util.tree_leaves(arg, is_leaf=lambda x: isinstance(x, graph))
+                if isinstance(leaf, graph)
+            )
+            what = f"`{type(leaf).__name__}` inside a {type(arg).__name__}"
+        name = getattr(self.fun, "__qualname__", None) or repr(self.fun)
+        return _STATIC_GRAPH_MESSAGE.format(fun=name, which=which, how=how, what=what)
+
     def _split(self, args: tuple, kwargs: dict) -> tuple:
+        if self._static or self._static_names:
+            self._check_static(args, kwargs)
         spec, flat, values = split_args(args, kwargs, self._static, self._static_names)
         if len(spec.slices) == 1:
             parts: list[Any] = [values]
@@ -158,6 +293,25 @@ class JitWrapped:
             # the output travel as the values of the joint graph, not as `out`, so a jax-level
             # out_shardings prefix could not reach their Variables.
             jitted = self._jitted_by_spec[spec] = jax.jit(self._inner, **kwargs)
+        return jitted
+
+    def _get_exported(self, spec: CallSpec, flat: Any, args: tuple) -> Any:
+        """``jax.jit`` of :meth:`_export_inner` (per spec where shardings are per leaf)."""
+        key = spec if self._per_spec else None
+        jitted = self._exported_by_spec.get(key)
+        if jitted is None:
+            kwargs = dict(self._jit_kwargs)
+            if self.in_shardings is not _UNSPECIFIED:
+                kwargs["in_shardings"] = self._leaf_in_shardings(spec, flat, args)
+
+            def pure(spec: CallSpec, *args: Any, **kwargs: Any) -> Any:
+                return self._export_inner(spec, *args, **kwargs)
+
+            # The name jax.export records (Exported.fun_name); not functools.wraps, whose
+            # __wrapped__ would show jax the user's signature instead of this one.
+            pure.__name__ = getattr(self.fun, "__name__", "fun")
+            pure.__qualname__ = getattr(self.fun, "__qualname__", pure.__name__)
+            jitted = self._exported_by_spec[key] = jax.jit(pure, **kwargs)
         return jitted
 
     def _leaf_in_shardings(self, spec: CallSpec, flat: Any, args: tuple) -> tuple:
@@ -211,19 +365,50 @@ class JitWrapped:
         jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
         out, values, info = jitted(spec, *new_args, **new_kwargs)
         if not kwargs and self._jitted is not None:
-            self._memo = _LastCall.make(spec, flat, args, self._static)
+            self._memo = _LastCall.make(spec, flat, args)
         return apply(flat, out, values, info, cache=True)
 
     # -- introspection ------------------------------------------------------------------
     def lower(self, *args: Any, **kwargs: Any) -> Any:
-        """``jax.stages.Lowered`` of the compiled call (``.compile()``, ``.as_text()``)."""
+        """``jax.stages.Lowered`` of the call (``.compile()``, ``.as_text()``): the same pure
+        function of arrays as :meth:`trace`."""
         spec, flat, new_args, new_kwargs = self._split(args, kwargs)
-        return self._get_jitted(spec, flat, args).lower(spec, *new_args, **new_kwargs)
+        return self._get_exported(spec, flat, args).lower(spec, *new_args, **new_kwargs)
 
     def trace(self, *args: Any, **kwargs: Any) -> Any:
-        """``jax.stages.Traced`` of the call (``.jaxpr``, ``.lower()``)."""
+        """``jax.stages.Traced`` of the call (``.jaxpr``, ``.lower()``), as a pure function of
+        arrays; ``jax.export.export(nnx.jit(f))(*args)`` exports it.
+
+        Nothing is written to the arguments. The traced (and exported) function takes:
+
+        * in place of each graph argument (a Module, Optimizer, Rngs, or a pytree of them),
+          its state as a list of arrays, in the order of ``jax.tree.leaves(nnx.state(arg))``
+          (an abstract model from ``nnx.eval_shape`` exports without allocating);
+        * every other argument as it is; static arguments are not inputs (as in jax).
+
+        It returns what `f` returns if the call changes no Variable, else ``(out,
+        new_state)``: `new_state` is a tuple with one list per graph argument, in the order
+        of the inputs, holding all its new values, so the state update is never dropped: feed
+        it to the next call. A call that changes structure or metadata, or returns graph
+        objects, cannot be said in arrays: it traces as nnx's internal form, and serialising
+        it (``Exported.serialize()``) raises TransformError.
+
+        Example:
+          >>> class Counter(nnx.Module):
+          ...   def __init__(self):
+          ...     self.count = nnx.BatchStat(jnp.array(0))
+          ...     self.w = nnx.Param(jnp.ones(2))
+          >>> def step(m, x):
+          ...   m.count.value += 1
+          ...   return x * m.w
+          >>> model = Counter()
+          >>> exported = jax.export.export(nnx.jit(step))(model, jnp.ones(2))
+          >>> y, (state,) = exported.call(jax.tree.leaves(nnx.state(model)), jnp.ones(2))
+          >>> y.tolist(), int(state[0])
+          ([1.0, 1.0], 1)
+        """
         spec, flat, new_args, new_kwargs = self._split(args, kwargs)
-        return self._get_jitted(spec, flat, args).trace(spec, *new_args, **new_kwargs)
+        return self._get_exported(spec, flat, args).trace(spec, *new_args, **new_kwargs)
 
     def eval_shape(self, *args: Any, **kwargs: Any) -> Any:
         """The output's shapes and dtypes, without computing (and without touching state)."""
@@ -243,7 +428,7 @@ class _LastCall:
     __slots__ = ("flat_ref", "nargs", "others", "roots", "slices", "spec")
 
     @staticmethod
-    def make(spec: CallSpec, flat: Any, args: tuple, static: frozenset[int]) -> _LastCall | None:
+    def make(spec: CallSpec, flat: Any, args: tuple) -> _LastCall | None:
         positions = spec.positions
         nodes = flat.nodes
         roots = []
@@ -259,7 +444,9 @@ class _LastCall:
         memo.nargs = len(args)
         memo.roots = tuple(roots)
         memo.slices = tuple(zip(positions, spec.slices, strict=True))
-        memo.others = tuple(i for i in range(len(args)) if i not in static and i not in positions)
+        # Static arguments too: one that holds a graph object must take the full path, which
+        # raises (see JitWrapped._check_static).
+        memo.others = tuple(i for i in range(len(args)) if i not in positions)
         return memo
 
     def args_for(self, args: tuple) -> tuple[Any, list] | None:
@@ -357,6 +544,12 @@ def jit(
     created inside), one sharding, a StateSharding or a State of shardings (e.g.
     ``nnx.get_named_sharding(nnx.state(abstract_model), mesh)``) there applies to their
     Variables.
+    As in ``jax.jit``, an argument marked static by name may be passed by position and one
+    marked by number by keyword. Graph objects cannot be static (TransformError): pass them as
+    normal arguments, the compiled function is cached on their structure.
+    ``jax.export.export(nnx.jit(f))`` exports `f` as a pure function of arrays, graph
+    arguments going in (and changed state coming out) as lists of arrays; see
+    :meth:`JitWrapped.trace`.
     Usable as ``@nnx.jit`` or ``@nnx.jit(static_argnums=...)``.
     """
     kwargs = dict(
