@@ -17,6 +17,8 @@ from typing import Any
 
 import jax
 
+import nnx
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -65,3 +67,11 @@ def _collect() -> list[Case]:
 
 
 CASES: list[Case] = _collect()
+
+
+def build_stacked(case: Case, n: int, rngs: Any, dtype: Any = None) -> Any:
+    """`n` independently initialised copies of `case`'s layer, stacked along a leading axis
+    of every array (the layout ``nnx.scan`` over layers expects): the constructor runs under
+    ``nnx.vmap`` with `rngs` split `n` ways."""
+    with nnx.split_rngs(rngs, splits=n):
+        return nnx.vmap(lambda r: case.build(r, dtype))(rngs)
