@@ -33,7 +33,6 @@ Ops:
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 import jax
@@ -41,7 +40,11 @@ import jax.numpy as jnp
 from hypothesis import strategies as st
 
 import nnx
-from tests.strategies import IDENTITY_TYPES, Node
+from tests.strategies import (
+    IDENTITY_TYPES,
+    Node,
+    _children,  # the documented child order, shared with walk
+)
 
 __all__ = [
     "CONSTS",
@@ -93,16 +96,6 @@ class GraphObjects:
 
 def _is_rng(o: Any) -> bool:
     return isinstance(o, nnx.Rngs | nnx.RngStream)
-
-
-def _children(obj: Any) -> list[tuple[Hashable, Any]]:
-    if isinstance(obj, nnx.Pytree):
-        d = obj.__dict__
-        return [(k, d[k]) for k in sorted(d) if not k.startswith("_nnx_")]
-    if isinstance(obj, nnx.List):
-        return list(enumerate(obj))
-    keys = sorted(obj, key=lambda k: (0, k) if isinstance(k, int) else (1, k))
-    return [(k, dict.__getitem__(obj, k)) for k in keys]
 
 
 def graph_objects(root: Any) -> GraphObjects:
