@@ -57,6 +57,7 @@ from ..pytreelib import Dict, List, Pytree
 from ..variables import _FRAMES, Variable, _check_frame, _Frame, _Tracer
 
 __all__ = [
+    "CARRY_STRUCTURE",
     "CallSpec",
     "Continuation",
     "Out",
@@ -319,6 +320,13 @@ def structure(objs: Sequence[Any]) -> GraphDef:
     """The GraphDef of `objs` flattened together (to compare a loop carry's structure)."""
     return _flatten_full(tuple(objs)).graphdef
 
+
+CARRY_STRUCTURE = (
+    "{what}: the {step} changed the structure of {where}, which is carried from step to step "
+    "({before!r} before, {after!r} after); a loop carry keeps its structure.\n"
+    "Fix: return objects of the same structure (the same objects mutated in place, or new "
+    "ones built alike), and create attributes and references before the loop."
+)
 
 _DROPPED = (
     "{what}: the {step} changed Variables of the objects it received:\n{paths}\nbut handed "

@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import TraceContextError, format_path
 from ._lift import (
     _GRAPH_TYPES,
+    CARRY_STRUCTURE,
     apply,
     check_dropped,
     collect,
@@ -106,15 +107,6 @@ def as_array_carry(carry: Any) -> Any:
     return jax.tree_util.tree_map(conv, carry, is_leaf=lambda x: isinstance(x, _GRAPH_TYPES))
 
 
-_CARRY_STRUCTURE = (
-    "The loop body of {what} returned a value whose structure differs from the value it "
-    "received ({before!r} before, {after!r} after). A loop carry keeps its structure from "
-    "step to step.\n"
-    "Fix: return objects of the same structure (the same objects mutated in place, or new "
-    "ones built alike), and create attributes before the loop."
-)
-
-
 class _Loop:
     """One loop over a carry holding graph objects: the traced step, and after the loop the
     objects built from the final values (see the module docstring for the rule)."""
@@ -130,8 +122,12 @@ class _Loop:
             nxt = follow(t, (t.out,))
             if nxt.flat.graphdef != self.spec.graphdef:
                 raise TraceContextError(
-                    _CARRY_STRUCTURE.format(
-                        what=self.what, before=self.spec.graphdef, after=nxt.flat.graphdef
+                    CARRY_STRUCTURE.format(
+                        what=self.what,
+                        step="loop body",
+                        where="the carry",
+                        before=self.spec.graphdef,
+                        after=nxt.flat.graphdef,
                     )
                 )
             check_dropped(nxt, lambda p: format_path(p[1:], "carry"), self.what, "loop body")

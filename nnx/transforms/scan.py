@@ -55,6 +55,7 @@ from .._sharding_meta import _stacked_metadata, _unstacked_metadata
 from ..errors import TraceContextError, TransformError
 from ..variables import Variable, _Meta
 from ._lift import (
+    CARRY_STRUCTURE,
     FilterMap,
     Traced,
     check_dropped,
@@ -109,14 +110,6 @@ _CARRY_CREATED = (
     "Fix: (1) create it before the scan (e.g. run the initialisation once outside it); or "
     "(2) create it on an argument scanned with an int axis (e.g. a StateAxes entry "
     "`{example}: 0`): it comes out stacked, one slice per step."
-)
-
-
-_CARRY_STRUCTURE = (
-    "nnx.scan: the step changed the structure of {where}, which is carried from step to "
-    "step ({before!r} before, {after!r} after); a loop carry keeps its structure.\n"
-    "Fix: return objects of the same structure (the same objects mutated in place, or new "
-    "ones built alike), and create attributes and references before the scan."
 )
 
 
@@ -374,8 +367,12 @@ def scan(
                         now = structure((new_roots[k],))
                         if now != before:
                             raise TraceContextError(
-                                _CARRY_STRUCTURE.format(
-                                    where=f"args[{spec.positions[k]}]", before=before, after=now
+                                CARRY_STRUCTURE.format(
+                                    what="nnx.scan",
+                                    step="step",
+                                    where=f"args[{spec.positions[k]}]",
+                                    before=before,
+                                    after=now,
                                 )
                             )
                 scan_js = list(layout.scan_js)
