@@ -160,8 +160,7 @@ def split_args(
         i for i, a in enumerate(args) if i not in skip and contains_graph(a)
     ]
     positions += [k for k, v in kwargs.items() if k not in skip_names and contains_graph(v)]
-    roots = tuple(args[p] if isinstance(p, int) else kwargs[p] for p in positions)
-    flat = _flatten_cached(roots)
+    flat = _flatten_cached(_roots(positions, args, kwargs))
     key = tuple(positions)
     spec = flat.extra.get(key)
     if spec is None:
@@ -183,9 +182,13 @@ def leaf_values(flat: _Flat) -> list[Any]:
     return list(map(_get_value, flat.leaves))
 
 
-def roots_of(spec: CallSpec, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> list:
+def _roots(positions: Sequence[int | str], args: Sequence[Any], kwargs: dict[str, Any]) -> tuple:
+    return tuple(args[p] if isinstance(p, int) else kwargs[p] for p in positions)
+
+
+def roots_of(spec: CallSpec, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> tuple:
     """The graph arguments of a call, in ``spec.positions`` order."""
-    return [args[p] if isinstance(p, int) else (kwargs or {})[p] for p in spec.positions]
+    return _roots(spec.positions, args, kwargs or {})
 
 
 def replace_graph_args(
@@ -266,16 +269,12 @@ class Continuation(NamedTuple):
       metas: each leaf's Variable metadata (None for raw leaves).
       reuse: (node index in `flat`, node index of the inputs) for each node that IS one of
         the step's input objects; :func:`restore` writes those into the caller's objects.
-      dropped: the paths (graph-argument index first) of input Variables the step changed
-        but did not hand on (it returned other objects in their place): a loop would apply
-        such a change on its first step only, so loops refuse it.
     """
 
     flat: _Flat
     values: list[Any]
     metas: list[Any]
     reuse: tuple[tuple[int, int], ...]
-    dropped: tuple[tuple, ...]
 
 
 def _leaf_value(leaf: Any) -> Any:
@@ -304,16 +303,7 @@ def follow(t: Traced, roots: Sequence[Any]) -> Continuation:
     post = _flatten_full(tuple(roots))
     values = list(map(_leaf_value, post.leaves))
     metas = list(map(_leaf_meta, post.leaves))
-    kept = {id(n) for n in post.nodes}
-    left = after(t)
-    dropped: tuple[tuple, ...] = ()
-    if left.graphdef == t.spec.graphdef:
-        dropped = tuple(
-            path
-            for leaf, path, old in zip(left.leaves, left.paths, t.values, strict=True)
-            if isinstance(leaf, Variable) and id(leaf) not in kept and leaf._value is not old
-        )
-    return Continuation(post, values, metas, _reuse_pairs(post.nodes, t.nodes), dropped)
+    return Continuation(post, values, metas, _reuse_pairs(post.nodes, t.nodes))
 
 
 def structure(objs: Sequence[Any]) -> GraphDef:
@@ -337,13 +327,25 @@ _DROPPED = (
 )
 
 
-def check_dropped(nxt: Continuation, name: Callable[[tuple], str], what: str, step: str) -> None:
+def check_dropped(
+    t: Traced, nxt: Continuation, name: Callable[[tuple], str], what: str, step: str
+) -> None:
     """Raises TraceContextError when a loop step changed input Variables it did not hand on
-    (see :attr:`Continuation.dropped`); `name` formats a path for the message."""
-    if nxt.dropped:
+    in `nxt` (it returned other objects in their place): a loop would apply such a change
+    on its first step only. `name` formats a path (graph-argument index first)."""
+    left = after(t)
+    if left.graphdef != t.spec.graphdef:
+        return  # a structure change: the loop's structure checks report it
+    kept = {id(n) for n in nxt.flat.nodes}
+    dropped = [
+        path
+        for leaf, path, old in zip(left.leaves, left.paths, t.values, strict=True)
+        if isinstance(leaf, Variable) and id(leaf) not in kept and leaf._value is not old
+    ]
+    if dropped:
         from ..errors import TraceContextError, short_list
 
-        paths = short_list([name(p) for p in nxt.dropped])
+        paths = short_list([name(p) for p in dropped])
         raise TraceContextError(_DROPPED.format(what=what, step=step, paths=paths))
 
 

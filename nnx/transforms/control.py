@@ -130,7 +130,7 @@ class _Loop:
                         after=nxt.flat.graphdef,
                     )
                 )
-            check_dropped(nxt, lambda p: format_path(p[1:], "carry"), self.what, "loop body")
+            check_dropped(t, nxt, lambda p: format_path(p[1:], "carry"), self.what, "loop body")
             self.found[:] = [(nxt.metas, nxt.reuse)]
             return nxt.values
 

@@ -303,11 +303,11 @@ def scan(
         carried = [i for i, ax in enumerate(leaf_axes) if not isinstance(ax, int)]
         body_spec, sliced = _sliced_spec(spec, scanned, leaf_axes, meta_names)
         # Graph arguments carried whole (no leaf sliced) keep their structure step to step.
-        whole = {
-            k: structure((root,))
-            for k, root in enumerate(roots_of(spec, args))
+        whole = [
+            k
+            for k in range(len(spec.positions))
             if not any(isinstance(leaf_axes[i], int) for i in range(*spec.slices[k]))
-        }
+        ]
         # The carry argument: holding graph objects, its leaves are loop state and the
         # returned carry takes its place among the graph arguments; else a plain jax carry.
         graph_carry = spec.positions.index(carry_pos) if carry_pos in graph_pos else None
@@ -355,7 +355,7 @@ def scan(
                     else:
                         new_plain_carry = outs[carry_out_idx[0]]
                 nxt = follow(t, new_roots)
-                check_dropped(nxt, lambda p: _where(spec, p), "nnx.scan", "step")
+                check_dropped(t, nxt, lambda p: _where(spec, p), "nnx.scan", "step")
                 if nxt.flat.graphdef == spec.graphdef:
                     layout = _Layout(tuple(carried), tuple(scanned), tuple(leaf_axes), None)
                     restack = sliced.__contains__
@@ -363,7 +363,8 @@ def scan(
                     layout = _restructure(t, nxt.flat, axes, leaf_axes, carried)
                     origin = layout.origin
                     restack = lambda j: origin[j] is None or origin[j] in sliced
-                    for k, before in whole.items():
+                    for k in whole:  # (the caller's objects are as they were: compare)
+                        before = structure((roots_of(spec, args)[k],))
                         now = structure((new_roots[k],))
                         if now != before:
                             raise TraceContextError(
