@@ -49,6 +49,7 @@ from ._lift import (
     contains_graph,
     leaf_values,
     replace_graph_args,
+    roots_of,
     split_args,
     traced_call,
 )
@@ -205,8 +206,7 @@ class JitWrapped:
 
     # -- inside the trace ---------------------------------------------------------------
     def _inner(self, spec: CallSpec, *args: Any, **kwargs: Any) -> Any:
-        parts = [args[p] if isinstance(p, int) else kwargs[p] for p in spec.positions]
-        values = [v for part in parts for v in part]
+        values = [v for part in roots_of(spec, args, kwargs) for v in part]
         donated = {
             k
             for k, p in enumerate(spec.positions)
@@ -229,8 +229,7 @@ class JitWrapped:
         out, values, info = self._inner(spec, *args, **kwargs)
         if info.mode != "fast" or info.metas:
             return out, values, info
-        parts = [args[p] if isinstance(p, int) else kwargs[p] for p in spec.positions]
-        state = [v for part in parts for v in part]
+        state = [v for part in roots_of(spec, args, kwargs) for v in part]
         changed = False
         for i, value in zip(info.indices, values, strict=True):
             if value is not state[i]:  # donated leaves come back unchanged: not an update
