@@ -3,6 +3,7 @@
 Every public name is re-exported here explicitly; nothing is defined in this file.
 """
 
+from . import checkpointing as checkpointing
 from . import errors as errors
 from . import filters as filterlib  # noqa: F401 - flax name
 from . import graph as graph
@@ -10,7 +11,10 @@ from . import locate as locate
 from . import nn as nn
 from . import state as statelib  # noqa: F401 - flax name
 from . import variables as variableslib  # noqa: F401 - flax name
-from .checkpoint import Checkpointer as Checkpointer
+from .checkpointing import CheckpointCorruptError as CheckpointCorruptError
+from .checkpointing import Checkpointer as Checkpointer
+from .checkpointing import CheckpointError as CheckpointError
+from .checkpointing import CheckpointMismatchError as CheckpointMismatchError
 from .errors import NNXError as NNXError
 from .errors import TraceContextError as TraceContextError
 from .filters import All as All

@@ -23,9 +23,9 @@ What is saved:
 * Supported dtypes: F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL; anything else is
   rejected with an error naming the paths (cast it, or leave it out with a filter).
 
-Loading checks the file (a malformed one raises :class:`~nnx.checkpoint.CheckpointError`
+Loading checks the file (a malformed one raises :class:`~nnx.checkpointing.CheckpointError`
 naming it), then compares every name, shape and dtype with the model before writing anything;
-all differences are reported in one :class:`~nnx.checkpoint.CheckpointMismatchError` and the
+all differences are reported in one :class:`~nnx.checkpointing.CheckpointMismatchError` and the
 model is left untouched. Abstract models from ``nnx.eval_shape`` get real arrays (placed with
 their sharding when they have one). ``strict=False`` loads the tensors both sides have;
 :func:`load_safetensors_dict` gives the raw ``{name: np.ndarray}`` for anything else.
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checkpoint import CheckpointError, CheckpointMismatchError
+from .checkpointing import CheckpointError, CheckpointMismatchError
 from .errors import short_list
 from .filters import Any as _AnyOf
 from .filters import Filter, Not, to_predicate

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import nnx
-from nnx.checkpoint import CheckpointError, CheckpointMismatchError
+from nnx.checkpointing import CheckpointError, CheckpointMismatchError
 
 
 class Net(nnx.Module):

@@ -34,7 +34,7 @@ import optax
 import pytest
 
 import nnx
-from nnx.checkpoint import _remove_stale_tmp
+from nnx.checkpointing import _remove_stale_tmp
 
 TMP = ".orbax-checkpoint-tmp"
 MAX_TO_KEEP = 3

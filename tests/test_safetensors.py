@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nnx
-from nnx.checkpoint import CheckpointError, CheckpointMismatchError
+from nnx.checkpointing import CheckpointError, CheckpointMismatchError
 from tests.strategies import build_graph, describe_pairs, graph_recipes, walk
 
 

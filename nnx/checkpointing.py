@@ -52,7 +52,12 @@ from .state import State, _flat_pairs
 from .transforms._lift import contains_graph
 from .variables import Variable
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "Checkpointer"]
+__all__ = [
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "Checkpointer",
+]
 
 _METADATA = "nnx_metadata"
 
@@ -63,6 +68,10 @@ class CheckpointError(NNXError, ValueError):
 
 class CheckpointMismatchError(CheckpointError):
     """The saved structure, shapes or dtypes differ from the restore target."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint's files are damaged: a checksum, a size or a metadata file is wrong."""
 
 
 def _ocp() -> Any:
