@@ -4,14 +4,21 @@
 home-made one) and closes the traps orbax leaves open:
 
 * relative directories are made absolute (orbax fails on them in a background thread);
-* asynchronous saves are always waited for: leaving a ``with`` block, ``close()``, or
-  interpreter exit never loses a save;
+* asynchronous saves are always waited for: leaving a ``with`` block, ``close()``, the end
+  of the script and Ctrl-C never lose a committed-to save (a save is handed to orbax whole
+  or not at all; the wait at exit runs before Python stops its thread pools);
+* saving a step at or below the latest one raises instead of skipping silently
+  (``overwrite=True`` replaces the newer steps);
 * a save cut short by a crash (kill -9, preemption) leaves only orbax's temporary folder,
   never a half-written step; a new Checkpointer deletes such folders before it returns
   (orbax does it in a background thread a restore does not wait for);
 * orbax silently casts dtypes on restore and returns integer keys as strings: nnx compares
   the saved structure, shapes and dtypes with the target first, raises one error listing
   every difference, and leaves the target untouched;
+* every array is saved with a CRC-32 in an nnx index beside it, and checked on restore
+  (``verify=False`` skips it): damaged files raise :class:`CheckpointCorruptError` naming
+  the step, the file and the arrays, never wrong values or a raw orbax/TensorStore error;
+* a normal save and restore log nothing;
 * restore writes into the objects you pass (models, optimizers, metrics, Rngs), including
   abstract models from ``nnx.eval_shape`` (nothing is allocated for a random init).
 
@@ -35,16 +42,20 @@ Example:
 
 from __future__ import annotations
 
-import atexit
+import json
+import logging
 import os
 import shutil
+import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import jax
-import numpy as np
 
+from . import _checkpoint_index as _index
+from ._checkpoint_exit import at_exit, deferred_interrupt, report
 from .errors import NNXError, short_list
 from .graph import state as _state
 from .graph import update as _update
@@ -60,6 +71,8 @@ __all__ = [
 ]
 
 _METADATA = "nnx_metadata"
+_RESERVED = (_METADATA, _index.NAME)
+_STEP_FILE = "_CHECKPOINT_METADATA"
 
 
 class CheckpointError(NNXError, ValueError):
@@ -78,6 +91,60 @@ def _ocp() -> Any:
     import orbax.checkpoint as ocp
 
     return ocp
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's log records below `level`: progress notes and warnings about its own
+    bookkeeping, printed on every save and restore, and, while nnx reads a step and reports
+    any failure itself, orbax's own error records of that failure."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or "orbax" not in record.pathname
+
+
+_QUIET = _QuietOrbax(logging.ERROR)
+_SILENT = _QuietOrbax(logging.CRITICAL + 1)
+
+
+@contextmanager
+def _quiet(reading: bool = False) -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    quiet = _SILENT if reading else _QUIET
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _drop_closed_loop_noise(previous: Any) -> Any:
+    """An ``sys.unraisablehook`` that drops one message and passes on everything else.
+
+    When orbax fails to read a damaged step, reads still in flight complete into an event
+    loop it has already closed; each prints ``RuntimeError: Event loop is closed`` (or a
+    never-awaited orbax coroutine) as an "Exception ignored" traceback, after nnx has
+    raised its own error. Those are dropped; nothing else is.
+    """
+
+    def hook(unraisable: Any) -> None:
+        err = unraisable.exc_value
+        closed_loop = isinstance(err, RuntimeError) and str(err) == "Event loop is closed"
+        code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+        orbax_coroutine = "orbax" in getattr(code, "co_filename", "")
+        if not (closed_loop or orbax_coroutine):
+            previous(unraisable)
+
+    hook.nnx_filter = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _install_noise_filter() -> None:
+    if not getattr(sys.unraisablehook, "nnx_filter", False):
+        sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
 
 
 def _tree_of(node: Any) -> Any:
@@ -99,48 +166,38 @@ def _pure(state: Mapping) -> dict:
     return out
 
 
-def _leaf_spec(x: Any) -> tuple[tuple[int, ...], Any] | None:
-    """(shape, dtype) as stored: typed PRNG keys are stored as their key data."""
-    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
-    if shape is None or dtype is None:
-        return None
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
-        return tuple(data.shape), np.dtype(data.dtype)
-    return tuple(shape), np.dtype(dtype)
-
-
 def _key(keypath: tuple) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keypath)
 
 
-def _flat(tree: Any) -> dict[tuple, Any]:
-    return {_key(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def _flat(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
+    return [(_key(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def _describe(spec: tuple | None) -> str:
-    if spec is None:
-        return "not an array"
-    return f"{spec[1]}{list(spec[0])}"
+def _saved_spec(meta: Any) -> _index.Spec | None:
+    return _index.spec_of(meta, saved_scalar=type(meta).__name__ == "ScalarMetadata")
 
 
-def _compare(name: str, saved: Any, target: Any) -> list[str]:
-    saved_flat = {p: _leaf_spec(v) for p, v in _flat(saved).items()}
-    target_flat = {p: _leaf_spec(v) for p, v in _flat(target).items()}
+def _describe(spec: _index.Spec | None) -> str:
+    return "not an array" if spec is None else spec.describe()
+
+
+def _compare(name: str, saved: dict[tuple, Any], target: Any) -> list[str]:
+    target_flat = {p: _index.spec_of(v) for p, v in _flat(target)}
     problems = []
-    for p in sorted(set(saved_flat) | set(target_flat)):
+    for p in sorted(set(saved) | set(target_flat)):
         where = ".".join((name, *p))
         if p not in target_flat:
             problems.append(
-                f"{where}: in the checkpoint ({_describe(saved_flat[p])}), not in the target"
+                f"{where}: in the checkpoint ({_describe(saved[p])}), not in the target"
             )
-        elif p not in saved_flat:
+        elif p not in saved:
             problems.append(
                 f"{where}: expected {_describe(target_flat[p])}, missing from the checkpoint"
             )
-        elif saved_flat[p] != target_flat[p] and target_flat[p] is not None:
+        elif saved[p] != target_flat[p]:
             problems.append(
-                f"{where}: saved {_describe(saved_flat[p])}, expected {_describe(target_flat[p])}"
+                f"{where}: saved {_describe(saved[p])}, expected {_describe(target_flat[p])}"
             )
     return problems
 
@@ -151,29 +208,42 @@ def _saved_sharding(meta: Any) -> Any:
         return None
     try:
         return sharding.to_jax_sharding()
-    except ValueError:  # saved on other devices: orbax decides (and explains)
+    except Exception:
         return None
 
 
-def _restore_target(target: Any, saved: Any) -> Any:
+def _restore_target(target: Any, saved_meta: dict[tuple, Any]) -> Any:
     """What orbax restores into: the target's shapes, dtypes and shardings.
 
     Arrays go where the target's arrays are. A leaf without a sharding (an abstract model
     from a plain ``nnx.eval_shape``, a numpy array) gets the sharding it was saved with, as
-    orbax would give it, taken from the metadata nnx has already read for its checks
-    (orbax would read it from disk once more).
+    orbax would give it, taken from the metadata nnx has already read for its checks.
+    Python scalars stay Python scalars.
     """
-    saved_flat = _flat(saved)
 
     def leaf(keypath: tuple, x: Any) -> Any:
-        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        if type(x) in _index.PY_SCALARS or not (hasattr(x, "shape") and hasattr(x, "dtype")):
             return x
         sharding = getattr(x, "sharding", None)
         if sharding is None and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            sharding = _saved_sharding(saved_flat.get(_key(keypath)))
+            sharding = _saved_sharding(saved_meta.get(_key(keypath)))
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return jax.tree_util.tree_map_with_path(leaf, target)
+
+
+def _check_savable(name: str, flat: list[tuple[tuple[str, ...], Any]]) -> None:
+    bad = [
+        f"{'.'.join((name, *p))}: {type(v).__name__}" for p, v in flat if _index.spec_of(v) is None
+    ]
+    if bad:
+        raise CheckpointError(
+            "Checkpointer.save: these leaves are not arrays or Python numbers, which is all "
+            "an orbax checkpoint stores:\n"
+            + short_list(bad)
+            + "\nFix: keep text and other settings in a static attribute (they belong to the "
+            "model's configuration), or pass them as save(..., metadata={...})."
+        )
 
 
 def _remove_stale_tmp(directory: str) -> list[str]:
@@ -197,10 +267,31 @@ def _remove_stale_tmp(directory: str) -> list[str]:
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
-@atexit.register
-def _wait_for_all() -> None:
+def _commit_all() -> None:
+    """At interpreter exit: commit every pending save, in one line if anything goes wrong."""
     for ckpt in list(_LIVE):
-        ckpt.close()
+        try:
+            ckpt.close()
+        except KeyboardInterrupt:
+            report(
+                f"interrupted while committing a checkpoint in {ckpt.directory}; the "
+                "unfinished step is discarded, earlier steps are intact."
+            )
+            return
+        except Exception as err:
+            report(f"a checkpoint save in {ckpt.directory} failed: {err}")
+
+
+def _steps_text(steps: list[int]) -> str:
+    if len(steps) <= 8:
+        return str(steps)
+    return f"[{steps[0]}, {steps[1]}, ..., {steps[-2]}, {steps[-1]}] ({len(steps)} steps)"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 class Checkpointer:
@@ -210,6 +301,9 @@ class Checkpointer:
       directory: where checkpoints go (relative paths are made absolute).
       max_to_keep: keep only the newest N steps (None keeps all).
       async_save: save in the background (the wait is handled for you).
+
+    Threading: one Checkpointer per directory and process; its methods are not meant to be
+    called from several threads at once.
     """
 
     def __init__(
@@ -233,8 +327,16 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet(reading=True):
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=options)
+            except Exception as err:
+                raise CheckpointCorruptError(
+                    f"Cannot open the checkpoint directory {self.directory}: {_first_line(err)}"
+                ) from err
         self._closed = False
+        at_exit(_commit_all)
+        _install_noise_filter()
         _LIVE.add(self)
 
     # -- saving -------------------------------------------------------------------------
@@ -244,69 +346,119 @@ class Checkpointer:
         *,
         metadata: Mapping[str, Any] | None = None,
         force: bool = False,
+        overwrite: bool = False,
         **nodes: Any,
     ) -> bool:
-        """Saves `nodes` (keyword name -> object) as step `step`; returns whether it saved.
+        """Saves `nodes` (keyword name -> object) as step `step`; returns True.
 
-        `metadata` is a JSON-serialisable dict stored beside the arrays.
+        `metadata` is a JSON-serialisable dict stored beside the arrays. A step at or below
+        the latest saved one raises :class:`CheckpointError` (a second run into the same
+        directory would otherwise save nothing); ``overwrite=True`` first deletes the saved
+        steps at and above `step`. The save is handed to orbax whole even if Ctrl-C is
+        pressed meanwhile (the interrupt is raised right after).
         """
         if not nodes:
             raise CheckpointError(
                 "save needs at least one object, e.g. ckpt.save(step, model=model)."
             )
+        reserved = sorted(set(nodes) & set(_RESERVED))
+        if reserved:
+            raise CheckpointError(
+                f"save: {reserved} are names nnx uses for its own items. Fix: choose "
+                "another keyword, e.g. ckpt.save(step, model=model, extra=tree)."
+            )
         ocp = _ocp()
-        items = {name: ocp.args.StandardSave(_tree_of(node)) for name, node in nodes.items()}
+        trees = {name: _tree_of(node) for name, node in nodes.items()}
+        flat = {name: _flat(tree) for name, tree in trees.items()}
+        for name, leaves in flat.items():
+            _check_savable(name, leaves)
         if metadata is not None:
-            items[_METADATA] = ocp.args.JsonSave(dict(metadata))
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+            try:
+                metadata = json.loads(_index.canonical_json(dict(metadata)))
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(
+                    f"save: the metadata is not JSON-serialisable ({err}). Fix: keep to "
+                    "dicts, lists, strings, numbers, booleans and None."
+                ) from None
+        self._make_room(int(step), overwrite)
+        items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+        items[_index.NAME] = ocp.args.JsonSave(_index.build(flat, metadata))
+        if metadata is not None:
+            items[_METADATA] = ocp.args.JsonSave(metadata)
+        with _quiet(), deferred_interrupt():
+            saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if not saved:
+            raise CheckpointError(
+                f"orbax declined to save step {step} in {self.directory} (its save policy)."
+            )
+        return True
+
+    def _make_room(self, step: int, overwrite: bool) -> None:
+        steps = self.all_steps()
+        later = [s for s in steps if s >= step]
+        if not later:
+            return
+        if not overwrite:
+            raise CheckpointError(
+                f"Cannot save step {step} in {self.directory}: it already holds steps "
+                f"{_steps_text(steps)} (latest {steps[-1]}), probably from an earlier "
+                "run; nothing was saved.\nFix: 1) resume from it: ckpt.restore(model=...) "
+                f"and continue at step {steps[-1] + 1}; 2) replace steps >= {step}: "
+                "ckpt.save(step, ..., overwrite=True); 3) use a new directory."
+            )
+        self.wait()
+        with _quiet():
+            for s in later:
+                self._manager.delete(s)
+            self._manager.reload()
 
     # -- restoring ----------------------------------------------------------------------
-    def restore(self, step: int | None = None, **nodes: Any) -> dict[str, Any]:
+    def restore(
+        self, step: int | None = None, *, verify: bool = True, **nodes: Any
+    ) -> dict[str, Any]:
         """Restores the named objects from step `step` (default: the latest), in place.
 
         Graph objects (models, optimizers, metrics, Rngs) are updated in place; plain
         pytrees cannot be, and are returned. The result maps each name to its restored value,
         plus ``'metadata'`` (the saved metadata dict, or None) and ``'step'``.
 
+        Args:
+          step: the step to restore (default: the latest committed one).
+          verify: check every array against the checksum written at save (default). Costs
+            one pass over the restored bytes (see ``benchmarks/checkpoint.py``).
+          **nodes: name -> object to restore into, with the names used at save.
+
         Raises:
           CheckpointError: no checkpoint, unknown step, or a name not in the checkpoint.
-          CheckpointMismatchError: structure, shape or dtype differences (all listed); the
-            targets are left untouched.
+          CheckpointMismatchError: structure, shape or dtype differences (all listed).
+          CheckpointCorruptError: a file of the step is damaged (step, file and arrays
+            named).
+          In every case the targets are left untouched.
         """
-        ocp = _ocp()
         self.wait()
-        steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise CheckpointError(
-                    f"No checkpoint in {self.directory} (it has no committed step). "
-                    "Fix: check the directory, or save first."
-                )
-            step = max(steps)
-        elif step not in steps:
-            raise CheckpointError(
-                f"No step {step} in {self.directory}; available: {sorted(steps)}."
-            )
-        try:
-            saved_meta = self._manager.item_metadata(step)
-        except Exception as err:  # orbax raises various types on unreadable folders
-            raise CheckpointError(
-                f"Step {step} in {self.directory} is not a readable checkpoint: {err}"
-            ) from err
-        saved_names = list(saved_meta.keys()) if saved_meta else []
-        available = [k for k in saved_names if k != _METADATA]
-        problems: list[str] = []
-        targets: dict[str, Any] = {}
-        for name, node in nodes.items():
+        step = self._pick_step(step)
+        step_dir = os.path.join(self.directory, str(step))
+        with self._damage(step):
+            names = self._item_names(step_dir)
+            index = _index.read(step_dir) if _index.NAME in names else None
+        available = sorted(n for n in names if n not in _RESERVED)
+        for name in nodes:
             if name not in available:
                 raise CheckpointError(
-                    f"The checkpoint at step {step} has no {name!r}; it has {sorted(available)}. "
+                    f"The checkpoint at step {step} has no {name!r}; it has {available}. "
                     "Fix: restore with the names you saved with."
                 )
+        problems: list[str] = []
+        targets: dict[str, tuple[Any, dict]] = {}
+        for name, node in nodes.items():
+            with self._damage(step):
+                meta = self._saved_tree(step_dir, name)
+                specs = {p: _saved_spec(m) for p, m in meta.items()}
+                if index is not None:
+                    index.check_structure(name, specs, os.path.join(step_dir, name, "_METADATA"))
             target = _tree_of(node)
-            saved_tree = self._saved_tree(step, name, saved_meta[name])
-            targets[name] = (target, saved_tree)
-            problems += _compare(name, saved_tree, target)
+            targets[name] = (target, meta)
+            problems += _compare(name, specs, target)
         if problems:
             raise CheckpointMismatchError(
                 f"The checkpoint at step {step} does not fit the restore target; nothing was "
@@ -315,72 +467,159 @@ class Checkpointer:
                 + "\nFix: build the target with the configuration the checkpoint was saved "
                 "with, or restore only some objects (ckpt.restore(model=model))."
             )
-        items = {
-            name: ocp.args.StandardRestore(_restore_target(target, saved_tree))
-            for name, (target, saved_tree) in targets.items()
+        restored = {
+            name: self._read_item(step, name, _restore_target(target, meta))
+            for name, (target, meta) in targets.items()
         }
-        if _METADATA in saved_names:
-            items[_METADATA] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        result: dict[str, Any] = {"step": step, "metadata": None}
-        if _METADATA in items:
-            result["metadata"] = restored[_METADATA]
-        for name, node in nodes.items():
-            value = restored[name]
-            if contains_graph(node) and not isinstance(node, State):
-                _update(node, value)
-                result[name] = node
-            elif isinstance(node, State):
-                node.replace_by_pure_dict(value)
-                result[name] = node
-            else:
-                result[name] = value
+        saved_metadata = None
+        if _METADATA in names:
+            saved_metadata = self._read_item(step, _METADATA, None)
+        if verify and index is not None:
+            with self._damage(step):
+                for name, value in restored.items():
+                    index.check_values(name, _flat(value), os.path.join(step_dir, name))
+                index.check_metadata(saved_metadata, os.path.join(step_dir, _METADATA))
+        result: dict[str, Any] = {"step": step, "metadata": saved_metadata}
+        with deferred_interrupt():  # a model is restored whole or not at all
+            for name, node in nodes.items():
+                value = restored[name]
+                if contains_graph(node) and not isinstance(node, State):
+                    _update(node, value)
+                    result[name] = node
+                elif isinstance(node, State):
+                    node.replace_by_pure_dict(value)
+                    result[name] = node
+                else:
+                    result[name] = value
         return result
 
-    def _saved_tree(self, step: int, name: str, item: Any) -> Any:
-        # A manager that did not write the step does not know its item handlers yet and
-        # reports no metadata; read it from the item's own folder then.
-        if item is None:
-            path = os.path.join(self.directory, str(step), name)
-            item = _ocp().StandardCheckpointer().metadata(path).item_metadata
-        return getattr(item, "tree", item)
+    def _pick_step(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(
+                    f"No checkpoint in {self.directory} (it has no committed step). "
+                    "Fix: check the directory, or save first."
+                )
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(f"No step {step} in {self.directory}; available: {steps}.")
+        return step
+
+    @contextmanager
+    def _damage(self, step: int) -> Iterator[None]:
+        """Turns :class:`_index.Damaged` into :class:`CheckpointCorruptError`."""
+        try:
+            yield
+        except _index.Damaged as err:
+            raise self._corrupt(step, err.file, err.reason, err.paths) from None
+
+    def _corrupt(
+        self, step: int, file: str, reason: str, paths: list[str] | tuple = ()
+    ) -> CheckpointCorruptError:
+        earlier = [s for s in self.all_steps() if s != step]
+        arrays = f"\nArrays affected:\n{short_list(list(paths))}" if paths else ""
+        fix = (
+            f"restore another step, e.g. ckpt.restore({earlier[-1]}, ...) (saved: {earlier})"
+            if earlier
+            else "this directory holds no other step; save again from the source"
+        )
+        return CheckpointCorruptError(
+            f"Step {step} in {self.directory} is damaged: {reason}.\nFile: {file}{arrays}\n"
+            f"Nothing was restored. Fix: {fix}, or delete the damaged step folder."
+        )
+
+    def _item_names(self, step_dir: str) -> list[str]:
+        """The items of a step, from orbax's step metadata, checked against its folders."""
+        file = os.path.join(step_dir, _STEP_FILE)
+        data = _index.read_json(file, "orbax's step metadata")
+        handlers = data.get("item_handlers") if isinstance(data, dict) else None
+        if not isinstance(handlers, dict) or not all(isinstance(k, str) for k in handlers):
+            raise _index.Damaged(file, "orbax's step metadata has no list of items")
+        names = sorted(handlers)
+        folders = sorted(e.name for e in os.scandir(step_dir) if e.is_dir(follow_symlinks=False))
+        if names != folders:
+            raise _index.Damaged(
+                file,
+                f"orbax's step metadata lists the items {names}, the step folder holds {folders}",
+            )
+        return names
+
+    def _saved_tree(self, step_dir: str, name: str) -> dict[tuple, Any]:
+        """Orbax's metadata of each saved leaf of item `name`, by path."""
+        from etils import epath
+
+        folder = os.path.join(step_dir, name)
+        try:
+            with _quiet(reading=True):
+                meta = _ocp().StandardCheckpointHandler().metadata(epath.Path(folder))
+        except Exception as err:
+            raise _index.Damaged(
+                folder, f"orbax cannot read the metadata of {name!r} ({_first_line(err)})"
+            ) from None
+        tree = getattr(meta, "tree", meta)
+        if tree is None:
+            raise _index.Damaged(folder, f"orbax finds no arrays in {name!r} (damaged manifest)")
+        return dict(_flat(tree))
+
+    def _read_item(self, step: int, name: str, target: Any) -> Any:
+        """Item `name` of `step` through orbax; a failure to read is damage, said so."""
+        ocp = _ocp()
+        args = ocp.args.JsonRestore() if name == _METADATA else ocp.args.StandardRestore(target)
+        try:
+            with _quiet(reading=True):
+                return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise self._corrupt(
+                step,
+                os.path.join(self.directory, str(step), name),
+                f"orbax cannot read {name!r} ({type(err).__name__}: {_first_line(err)})",
+            ) from None
 
     # -- bookkeeping --------------------------------------------------------------------
     def latest_step(self) -> int | None:
         """The newest committed step (None if there is none)."""
-        return self._manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
         """All committed steps, oldest first."""
         return sorted(self._manager.all_steps())
 
     def metadata(self, step: int | None = None) -> dict[str, Any] | None:
-        """The JSON metadata saved with `step` (default: latest)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
-        return self.restore_metadata(step)
+        """The JSON metadata saved with `step` (default: latest; None if none was saved).
 
-    def restore_metadata(self, step: int) -> dict[str, Any] | None:
-        ocp = _ocp()
-        meta = self._manager.item_metadata(step)
-        if not meta or _METADATA not in list(meta.keys()):
+        Waits for a save still in flight, as :meth:`restore` does.
+        """
+        self.wait()
+        if step is None and self.latest_step() is None:
             return None
-        return self._manager.restore(
-            step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()})
-        )[_METADATA]
+        step = self._pick_step(step)
+        step_dir = os.path.join(self.directory, str(step))
+        with self._damage(step):
+            names = self._item_names(step_dir)
+            index = _index.read(step_dir) if _index.NAME in names else None
+        value = self._read_item(step, _METADATA, None) if _METADATA in names else None
+        if index is not None:
+            with self._damage(step):
+                index.check_metadata(value, os.path.join(step_dir, _METADATA))
+        return value
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        with _quiet():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources (idempotent)."""
         if not self._closed:
             self._closed = True
-            self._manager.wait_until_finished()
-            self._manager.close()
             _LIVE.discard(self)
+            with _quiet():
+                self._manager.wait_until_finished()
+                self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
