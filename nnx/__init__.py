@@ -146,6 +146,7 @@ from .training.metrics import MultiMetric as MultiMetric
 from .training.mixed_precision import DynamicLossScale as DynamicLossScale
 from .training.mixed_precision import Policy as Policy
 from .training.mixed_precision import apply_policy as apply_policy
+from .training.model_and_optimizer import ModelAndOptimizer as ModelAndOptimizer
 from .training.optimizer import OptArray as OptArray
 from .training.optimizer import Optimizer as Optimizer
 from .training.optimizer import OptState as OptState

@@ -59,10 +59,11 @@ def build():
     return model, nnx.Optimizer(model, TX)
 
 
-def digest(opt: nnx.Optimizer) -> str:
-    """sha256 of every array of the optimizer (which holds the model): paths, dtypes, bytes."""
+def digest(model: Net, opt: nnx.Optimizer) -> str:
+    """sha256 of every array of the model and the optimizer: paths, dtypes, bytes."""
     h = hashlib.sha256()
-    flat = jax.tree_util.tree_flatten_with_path(nnx.state(opt).to_pure_dict())[0]
+    pure = {"model": nnx.state(model).to_pure_dict(), "optimizer": nnx.state(opt).to_pure_dict()}
+    flat = jax.tree_util.tree_flatten_with_path(pure)[0]
     for path, leaf in sorted(flat, key=lambda item: jax.tree_util.keystr(item[0])):
         a = np.asarray(leaf)
         h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}{a.shape};".encode())
@@ -86,13 +87,13 @@ def child(directory: str, log: str, steps: int, pause: float) -> None:
         start = ckpt.restore(model=model, optimizer=opt)["step"]
     # Compile before "ready", on a copy (restored arrays are committed to their device,
     # fresh ones are not: jax compiles once for each).
-    copy = nnx.clone(opt)
-    train_step(copy.model, copy, 0)
+    copy_model, copy_opt = nnx.clone((model, opt))
+    train_step(copy_model, copy_opt, 0)
     print("ready", start, flush=True)
     with open(log, "a") as f:
         for step in range(start + 1, start + steps + 1):
             train_step(model, opt, step)
-            f.write(f"{step} {digest(opt)}\n")
+            f.write(f"{step} {digest(model, opt)}\n")
             f.flush()
             os.fsync(f.fileno())
             ckpt.save(step, model=model, optimizer=opt)
@@ -164,7 +165,7 @@ def run_trials(tmp_path: pathlib.Path, trials: int, seed: int) -> dict[str, int]
             model, opt = build()
             assert ckpt.restore(model=model, optimizer=opt)["step"] == step
             logged = read_log(log)
-            assert logged[step] == {digest(opt)}, f"trial {trial}: step {step} differs"
+            assert logged[step] == {digest(model, opt)}, f"trial {trial}: step {step} differs"
             latest_seen = step
         finally:
             ckpt.close()

@@ -283,14 +283,15 @@ def test_extra_keyword_arguments_reach_the_transformation():
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-def test_state_snapshot_restores_model_and_optimizer_with_update():
+def test_state_snapshots_restore_model_and_optimizer_with_update():
     model = MLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2))
     jit_step(model, optimizer)
-    saved = nnx.state(optimizer)
+    saved_model, saved = nnx.state(model), nnx.state(optimizer)
     for _ in range(2):
         jit_step(model, optimizer)
     expected = params_of(model)
+    nnx.update(model, saved_model)
     nnx.update(optimizer, saved)
     assert int(optimizer.step.value) == 1
     for _ in range(2):
@@ -303,12 +304,12 @@ def test_split_merge_round_trip_continues_identically():
     model = MLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2))
     jit_step(model, optimizer)
-    graphdef, state = nnx.split(optimizer)
-    restored = nnx.merge(graphdef, state)
-    assert restored.model is not model
+    graphdef, state = nnx.split((model, optimizer))  # the optimizer's state lacks the model
+    restored_model, restored = nnx.merge(graphdef, state)
+    assert restored_model is not model
     jit_step(model, optimizer)
-    jit_step(restored.model, restored)
-    assert_trees_close(params_of(restored.model), params_of(model), rtol=1e-6)
+    jit_step(restored_model, restored)
+    assert_trees_close(params_of(restored_model), params_of(model), rtol=1e-6)
     assert_trees_close(
         nnx.state(restored.opt_state).to_pure_dict(), nnx.state(optimizer.opt_state).to_pure_dict()
     )
@@ -322,11 +323,13 @@ def test_pure_dict_round_trip_of_optimizer_state():
     optimizer = nnx.Optimizer(model, tx)
     jit_step(model, optimizer)
     pure = jax.tree.map(np.asarray, nnx.state(optimizer).to_pure_dict())
+    pure_model = jax.tree.map(np.asarray, nnx.state(model).to_pure_dict())
     fresh_model = MLP(nnx.Rngs(5))
     fresh = nnx.Optimizer(fresh_model, tx)
-    state = nnx.state(fresh)
-    state.replace_by_pure_dict(pure)
-    nnx.update(fresh, state)
+    for target, saved in [(fresh, pure), (fresh_model, pure_model)]:
+        state = nnx.state(target)
+        state.replace_by_pure_dict(saved)
+        nnx.update(target, state)
     jit_step(model, optimizer)
     jit_step(fresh_model, fresh)
     assert_trees_close(params_of(fresh_model), params_of(model), rtol=1e-6)
