@@ -47,7 +47,6 @@ import logging
 import os
 import shutil
 import sys
-import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -264,7 +263,9 @@ def _remove_stale_tmp(directory: str) -> list[str]:
     return sorted(removed)
 
 
-_LIVE: weakref.WeakSet = weakref.WeakSet()
+# Strong references: a Checkpointer dropped without close() (a local variable of a function
+# that has returned) may still have a save in flight that the exit hook must commit.
+_LIVE: set[Checkpointer] = set()
 
 
 def _commit_all() -> None:
