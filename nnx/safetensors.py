@@ -23,9 +23,11 @@ What is saved:
 * Supported dtypes: F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL; anything else is
   rejected with an error naming the paths (cast it, or leave it out with a filter).
 
-Loading checks the file (a malformed one raises :class:`~nnx.checkpointing.CheckpointError`
-naming it), then compares every name, shape and dtype with the model before writing anything;
-all differences are reported in one :class:`~nnx.checkpointing.CheckpointMismatchError` and the
+Loading checks the file first: a damaged, truncated or hostile one raises
+:class:`~nnx.checkpointing.CheckpointCorruptError` naming it and what is wrong, in time linear
+in its header and memory a small multiple of it (``nnx/_safetensors_header.py`` tells how).
+Then it compares every name, shape and dtype with the model before writing anything; all
+differences are reported in one :class:`~nnx.checkpointing.CheckpointMismatchError` and the
 model is left untouched. Abstract models from ``nnx.eval_shape`` get real arrays (placed with
 their sharding when they have one). ``strict=False`` loads the tensors both sides have;
 :func:`load_safetensors_dict` gives the raw ``{name: np.ndarray}`` for anything else.
@@ -57,6 +59,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._safetensors_header import CODES as _CODES
+from ._safetensors_header import METADATA_KEY as _METADATA_KEY
+from ._safetensors_header import PRNG_KEYS as _PRNG_KEYS
+from ._safetensors_header import SUPPORTED as _SUPPORTED
+from ._safetensors_header import File as _File
 from .checkpointing import CheckpointError, CheckpointMismatchError
 from .errors import short_list
 from .filters import Any as _AnyOf
@@ -76,30 +83,7 @@ __all__ = [
 
 Path = tuple[Hashable, ...]
 
-# safetensors dtype code <-> numpy dtype (bfloat16 is ml_dtypes', which jax uses).
-_CODES: dict[str, np.dtype] = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(jnp.bfloat16),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U64": np.dtype(np.uint64),
-    "U32": np.dtype(np.uint32),
-    "U16": np.dtype(np.uint16),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
 _DTYPE_CODES: dict[np.dtype, str] = {dtype: code for code, dtype in _CODES.items()}
-_SUPPORTED = " ".join(_CODES)
-
-_METADATA_KEY = "__metadata__"
-_PRNG_KEYS = "nnx.prng_keys"  # __metadata__ entry: JSON {tensor name: key implementation}
-# The reference implementation refuses headers above 100 MB; so do we (a corrupt length
-# field must not make us allocate gigabytes).
-_MAX_HEADER = 100_000_000
 
 _DEFAULT_FILTER = Not(RngState)
 
@@ -308,134 +292,12 @@ def _write_atomically(path: str, header: bytes, order: list[_Leaf]) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------
-class _Entry:
-    __slots__ = ("begin", "dtype", "name", "shape")
-
-    def __init__(self, name: str, dtype: np.dtype, shape: tuple[int, ...], begin: int):
-        self.name, self.dtype, self.shape, self.begin = name, dtype, shape, begin
-
-
-class _File:
-    """A validated safetensors header: entries by name, metadata, where the data starts."""
-
-    def __init__(self, path: str):
-        self.path = path
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                head = f.read(8)
-                if len(head) < 8:
-                    self._bad(f"it is {size} bytes long, shorter than the 8-byte header length")
-                n = int.from_bytes(head, "little")
-                if n > _MAX_HEADER:
-                    self._bad(f"its header claims {n} bytes, over the {_MAX_HEADER}-byte limit")
-                if 8 + n > size:
-                    self._bad(f"its header claims {n} bytes but the file has {size - 8} after it")
-                raw = f.read(n)
-        except OSError as err:
-            raise CheckpointError(f"Cannot read safetensors file {path!r}: {err}") from err
-        self.data_start = 8 + n
-        self.entries, self.metadata = self._parse(raw, size - 8 - n)
-
-    def _bad(self, why: str) -> None:
-        raise CheckpointError(
-            f"{self.path!r} is not a valid safetensors file: {why}. Fix: check the path, or "
-            "write the file again (it may be truncated or not a safetensors file)."
-        )
-
-    def _parse(self, raw: bytes, data_size: int) -> tuple[dict[str, _Entry], dict[str, str]]:
-        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-            out = dict(items)
-            if len(out) != len(items):
-                repeated = sorted({k for k, _ in items if [j for j, _ in items].count(k) > 1})
-                self._bad(f"its header repeats the names {repeated}")
-            return out
-
-        try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
-        except (UnicodeDecodeError, ValueError) as err:
-            if isinstance(err, CheckpointError):
-                raise
-            self._bad(f"its header is not UTF-8 JSON ({err})")
-        if not isinstance(header, dict):
-            self._bad(f"its header is a JSON {type(header).__name__}, not an object")
-        metadata = header.pop(_METADATA_KEY, None)
-        metadata = {} if metadata is None else metadata
-        if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-        ):
-            self._bad("its __metadata__ is not a mapping of strings to strings")
-        entries: dict[str, _Entry] = {}
-        spans: list[tuple[int, int, str]] = []
-        for name, info in header.items():
-            if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-                self._bad(f"tensor {name!r} is not {{dtype, shape, data_offsets}}: {info!r}")
-            code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-            if code not in _CODES:
-                self._bad(
-                    f"tensor {name!r} has dtype {code!r}; nnx reads {_SUPPORTED}"
-                    if isinstance(code, str)
-                    else f"tensor {name!r} has dtype {code!r}"
-                )
-            if not _int_list(shape) or any(d < 0 for d in shape):
-                self._bad(f"tensor {name!r} has the shape {shape!r}")
-            if not _int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
-                self._bad(f"tensor {name!r} has the data_offsets {offsets!r}")
-            dtype = _CODES[code]
-            begin, end = offsets
-            if end - begin != math.prod(shape) * dtype.itemsize:
-                self._bad(
-                    f"tensor {name!r} ({code}{shape}) needs "
-                    f"{math.prod(shape) * dtype.itemsize} bytes but its data_offsets "
-                    f"{offsets} span {end - begin}"
-                )
-            entries[name] = _Entry(name, dtype, tuple(shape), begin)
-            spans.append((begin, end, name))
-        position = 0
-        for begin, end, name in sorted(spans):
-            if begin != position:
-                self._bad(
-                    f"tensor {name!r} starts at byte {begin} of the data, expected {position} "
-                    "(tensors must be contiguous, without gaps or overlaps)"
-                )
-            position = end
-        if position != data_size:
-            self._bad(
-                f"the tensors end at byte {position} of the data but {data_size} bytes follow "
-                "the header"
-                + (" (offsets out of range: truncated file?)" if position > data_size else "")
-            )
-        return entries, metadata
-
-    def read(self, names: list[str]) -> dict[str, np.ndarray]:
-        """The named tensors as numpy arrays (fresh, writable, native byte order)."""
-        out: dict[str, np.ndarray] = {}
-        with open(self.path, "rb") as f:
-            for name in names:
-                entry = self.entries[name]
-                buffer = np.empty(math.prod(entry.shape) * entry.dtype.itemsize, np.uint8)
-                f.seek(self.data_start + entry.begin)
-                if f.readinto(memoryview(buffer)) != buffer.size:
-                    self._bad(f"tensor {name!r} is cut short (the file changed while reading?)")
-                if entry.dtype == np.bool_:  # any non-zero byte is True
-                    array = (buffer != 0).reshape(entry.shape)  # an array even when 0-d
-                else:
-                    array = buffer.view(entry.dtype).reshape(entry.shape)
-                    if sys.byteorder == "big":
-                        array = array.byteswap()
-                out[name] = array
-        return out
-
-
-def _int_list(x: Any) -> bool:
-    return isinstance(x, list) and all(type(i) is int for i in x)
-
-
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file (empty if it has none); reads the header only.
 
     Raises:
-      CheckpointError: the file is missing or not a valid safetensors file.
+      CheckpointCorruptError: the file is not a valid safetensors file.
+      CheckpointError: the file is missing or cannot be read.
     """
     return dict(_File(os.fspath(path)).metadata)
 
@@ -447,7 +309,8 @@ def load_safetensors_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     write them into the model yourself, or save them again with :func:`save_safetensors`.
 
     Raises:
-      CheckpointError: the file is missing or not a valid safetensors file.
+      CheckpointCorruptError: the file is not a valid safetensors file.
+      CheckpointError: the file is missing or cannot be read.
 
     Example:
       >>> import os, tempfile
@@ -483,8 +346,10 @@ def load_safetensors(
       The file's ``__metadata__`` (an empty dict if it has none).
 
     Raises:
-      CheckpointError: the file is missing or not a valid safetensors file, or (strict=False)
-        it has no name in common with the model.
+      CheckpointCorruptError: the file is not a valid safetensors file (the model is left
+        untouched).
+      CheckpointError: the file is missing or cannot be read, or (strict=False) it has no
+        name in common with the model.
       CheckpointMismatchError: missing or unexpected names (strict=True), or shape or dtype
         differences; all are listed, and the model is left untouched.
 
@@ -502,6 +367,7 @@ def load_safetensors(
     """
     path = os.fspath(path)
     file = _File(path)
+    saved_keys = file.prng_keys()
     where = f"load_safetensors({path!r})"
     targets = _leaves(node, filters, where)
     problems: list[str] = []
@@ -532,7 +398,7 @@ def load_safetensors(
                 f"{name}: file {_describe(entry.shape, entry.dtype)}, model "
                 f"{_describe(target.shape, target.dtype)}"
             )
-    problems += _key_impl_problems(file, targets)
+    problems += _key_impl_problems(file, saved_keys, targets)
     if problems:
         raise CheckpointMismatchError(
             f"{where} does not fit {type(node).__name__}; nothing was loaded. "
@@ -567,13 +433,9 @@ def _unselected(node: Any, targets: Mapping[str, _Leaf]) -> set[str]:
         return set()
 
 
-def _key_impl_problems(file: _File, targets: Mapping[str, _Leaf]) -> list[str]:
-    try:
-        saved = json.loads(file.metadata.get(_PRNG_KEYS, "{}"))
-    except ValueError:
-        saved = None
-    if not isinstance(saved, dict):
-        return [f"__metadata__[{_PRNG_KEYS!r}] is not a JSON object of key implementations"]
+def _key_impl_problems(
+    file: _File, saved: Mapping[str, str], targets: Mapping[str, _Leaf]
+) -> list[str]:
     problems = []
     for name, impl in sorted(saved.items()):
         target = targets.get(name)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nnx
-from nnx.checkpointing import CheckpointError, CheckpointMismatchError
+from nnx.checkpointing import CheckpointCorruptError, CheckpointError, CheckpointMismatchError
 from tests.strategies import build_graph, describe_pairs, graph_recipes, walk
 
 
@@ -488,10 +488,10 @@ def test_corrupt_files_raise_a_clear_error_naming_the_file(tmp_path, write, patt
 
     model = A()
     before = snapshot(model)
-    with pytest.raises(CheckpointError, match=f"(?s){expected}"):
+    with pytest.raises(CheckpointCorruptError, match=f"(?s){expected}"):
         nnx.load_safetensors(path, model)
     assert snapshot(model) == before
-    with pytest.raises(CheckpointError, match=f"(?s){expected}"):
+    with pytest.raises(CheckpointCorruptError, match=f"(?s){expected}"):
         nnx.load_safetensors_dict(path)
 
 
