@@ -4,6 +4,18 @@ A Module is a plain Python class. Attributes holding Variables, sub-Modules, Rng
 lists/dicts/tuples of those are its state; everything else is static configuration. There is
 no ``setup``, no ``init``/``apply``: build it and call it.
 
+Threads: a Module is a mutable Python object and nnx adds no locking. Calls that only read
+a model are safe from several threads at once, the same ``nnx.jit`` function included, and
+its first (tracing) call: forward passes that write no Variable, ``nnx.state``,
+``nnx.split``, ``nnx.graphdef``. A call that writes is a mutation: a train step, but also
+BatchNorm with ``use_running_average=False``, Dropout or any other RNG draw (it advances the
+stream's counter), and ``sow``. Mutating one object graph from several threads is not
+synchronised: each call reads the values, computes and writes them back, so concurrent calls
+lose updates (two threads may also draw the same random key), and a reader running
+alongside may see some Variables from before a step and others from after it. Give each
+thread its own model (``nnx.clone``), or hold a ``threading.Lock`` around every call that
+mutates it, and around reads that must see a consistent state.
+
 Example:
   >>> class Linear(nnx.Module):
   ...   def __init__(self, din, dout, *, rngs):
@@ -51,7 +63,7 @@ _printing = threading.local()
 
 
 class Module(Pytree):
-    """Base class for layers and models; see the module docstring."""
+    """Base class for layers and models; see the module docstring (also for threads)."""
 
     def sow(
         self,

@@ -32,7 +32,7 @@ from ..graph import iter_graph, merge, split, update
 from ..module import Module
 from ..rngs import Rngs, RngState
 from ..variables import Param
-from . import initializers
+from . import activations, initializers
 from ._layer import check_positive, check_rank
 from .dtypes import promote_dtype as _promote_dtype
 from .linear import Linear
@@ -113,8 +113,8 @@ class _GatedCell(RNNCellBase):
         in_features: int | None,
         hidden_features: int,
         *,
-        gate_fn: Callable = jax.nn.sigmoid,
-        activation_fn: Callable = jnp.tanh,
+        gate_fn: Callable = activations.sigmoid,
+        activation_fn: Callable = activations.tanh,
         kernel_init: Callable = default_kernel_init,
         recurrent_kernel_init: Callable = default_recurrent_kernel_init,
         bias_init: Callable = initializers.zeros,
@@ -298,7 +298,7 @@ class SimpleCell(_GatedCell):
         param_dtype: Any = jnp.float32,
         carry_init: Callable | None = None,
         residual: bool = False,
-        activation_fn: Callable = jnp.tanh,
+        activation_fn: Callable = activations.tanh,
         kernel_init: Callable = default_kernel_init,
         recurrent_kernel_init: Callable = default_recurrent_kernel_init,
         bias_init: Callable = initializers.zeros,

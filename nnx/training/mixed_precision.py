@@ -8,8 +8,12 @@ owns, so the usual train step then computes in low precision while the optimizer
 float32 parameters.
 
 float16 needs loss scaling (its small range underflows gradients): :class:`DynamicLossScale`
-keeps the scale as Variables (jit-safe, checkpointable); :func:`scaled_update` unscales the
-gradients, applies the optimizer only when all of them are finite, and adjusts the scale.
+keeps the scale as Variables (jit-safe, checkpointable). :func:`scaled_step` runs a whole
+train step (forward pass, gradients, update) and, when the loss or a gradient is not finite,
+puts back every Variable the step wrote (parameters, optimizer state, batch statistics, RNG
+counters). :func:`scaled_update` is the lower-level piece for a step you write yourself: it
+unscales the gradients and applies the optimizer only when all of them are finite, but it
+cannot undo what the forward pass already wrote.
 
 Example:
   >>> model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
@@ -23,8 +27,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +36,24 @@ import numpy as np
 
 from ..errors import NNXError
 from ..filters import Filter, to_predicate
-from ..graph import iter_graph
+from ..graph import flatten as _flatten
+from ..graph import is_node, iter_graph
 from ..graph import state as _state
 from ..graph import update as _update
 from ..module import Module
 from ..pytreelib import Pytree
 from ..state import _flat_pairs, from_flat_state
+from ..transforms.autodiff import DiffState, value_and_grad
 from ..variables import Param, Variable
 
 __all__ = [
     "DynamicLossScale",
     "LossScaleState",
     "Policy",
+    "StepResult",
     "all_finite",
     "apply_policy",
+    "scaled_step",
     "scaled_update",
 ]
 
@@ -353,9 +361,15 @@ def scaled_update(
     """``optimizer.update(model, grads)`` only if the gradients are all finite.
 
     With a ``loss_scale``, the gradients (of a loss scaled by ``loss_scale.scale_loss``) are
-    unscaled first, and the scale adjusted afterwards. On non-finite gradients the model,
-    the optimizer state and its step stay exactly as they were. Works inside and outside
+    unscaled first, and the scale adjusted afterwards. On non-finite gradients the model's
+    trained Variables (those ``optimizer.wrt`` selects), the optimizer state and its step
+    keep the values they had when ``scaled_update`` was called. Works inside and outside
     ``nnx.jit`` (the skip is a select, not a Python branch).
+
+    It does not undo what the forward pass already wrote: the gradients are computed before
+    this call, so a NaN batch has by then put NaN into BatchNorm's running statistics,
+    advanced the RNG counters and updated any metric the loss function touched. Use
+    :func:`scaled_step`, which owns the forward pass, to roll those back as well.
 
     Returns:
       A boolean scalar: whether the update was applied.
@@ -397,3 +411,138 @@ def scaled_update(
     if loss_scale is not None:
         loss_scale.adjust(finite)
     return finite
+
+
+# -- a whole train step -------------------------------------------------------------------
+class StepResult(NamedTuple):
+    """What :func:`scaled_step` returns (a pytree, so it passes out of ``nnx.jit``).
+
+    Attributes:
+      loss: the loss as ``loss_fn`` returned it (not multiplied by the loss scale).
+      applied: a boolean scalar: whether the step was applied (False: it was rolled back).
+      aux: the auxiliary output of ``loss_fn`` with ``has_aux=True``, else None.
+    """
+
+    loss: jax.Array
+    applied: jax.Array
+    aux: Any = None
+
+
+def _graph_roots(tree: Any) -> list[Any]:
+    """The graph objects (nodes and Variables) inside a pytree of arguments."""
+    is_graph = lambda x: is_node(x) or isinstance(x, Variable)
+    return [x for x in jax.tree.leaves(tree, is_leaf=is_graph) if is_graph(x)]
+
+
+def _leaf_value(leaf: Any) -> Any:
+    return leaf._value if isinstance(leaf, Variable) else leaf
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    """Whether ``jnp.where`` can choose between values ``a`` and ``b`` leaf by leaf, keeping
+    their structure, shapes and dtypes."""
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    return ta == tb and all(
+        jnp.shape(x) == jnp.shape(y) and jnp.result_type(x) == jnp.result_type(y)
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def _restore_unless(applied: jax.Array, roots: list[Any], before: Mapping) -> None:
+    """Where ``applied`` is False, puts back the values ``before`` (path -> value) recorded
+    for the leaves of ``roots``; leaves the step did not replace are not touched."""
+    pairs = []
+    for path, leaf in _flatten(roots)[1]:
+        if path not in before:
+            continue
+        new, old = _leaf_value(leaf), before[path]
+        if new is old or not _same_kind(new, old):
+            continue
+        pairs.append((path, jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)))
+    if pairs:
+        _update(roots, from_flat_state(pairs))
+
+
+def scaled_step(
+    optimizer: Any,
+    model: Any,
+    loss_fn: Callable[..., Any],
+    *batch: Any,
+    loss_scale: DynamicLossScale | None = None,
+    has_aux: bool = False,
+    **kwargs: Any,
+) -> StepResult:
+    """One train step that leaves no trace when its loss or gradients are not finite.
+
+    Computes ``loss_fn(model, *batch, **kwargs)`` and its gradients with respect to the
+    Variables the optimizer trains (``optimizer.wrt``), multiplied by ``loss_scale`` if one
+    is given and unscaled again, then calls ``optimizer.update(model, grads)``. When the loss
+    or any gradient is inf or nan, every Variable the step wrote goes back to its value from
+    before the call: the parameters, the optimizer state and step, and what the forward pass
+    wrote (BatchNorm statistics, RNG counters, metrics kept on the model), in ``model``,
+    ``optimizer`` and any graph object in ``batch``/``kwargs``. Then ``loss_scale`` (if any)
+    is adjusted. Works inside and outside ``nnx.jit``: the roll-back is a select, not a
+    Python branch.
+
+    Variables the step creates or reshapes are left as the step wrote them (sown
+    ``nnx.Intermediate`` values grow a tuple): pop them as usual. For optax transforms that
+    need extra ``tx.update`` arguments, write the step yourself with :func:`scaled_update`
+    (which protects only the trained Variables and the optimizer).
+
+    Args:
+      optimizer: an ``nnx.Optimizer`` for ``model``.
+      model: the model; ``loss_fn``'s first argument.
+      loss_fn: ``loss_fn(model, *batch, **kwargs)`` returning a scalar loss, or
+        ``(loss, aux)`` with ``has_aux=True``. It returns the plain loss: the scaling is done
+        here.
+      *batch: the remaining positional arguments of ``loss_fn``.
+      loss_scale: a :class:`DynamicLossScale` (for float16 training), or None.
+      has_aux: ``loss_fn`` returns ``(loss, aux)``.
+      **kwargs: keyword arguments of ``loss_fn``.
+
+    Returns:
+      A :class:`StepResult` ``(loss, applied, aux)``.
+
+    Example:
+      >>> class Net(nnx.Module):
+      ...   def __init__(self, rngs):
+      ...     self.linear = nnx.Linear(2, 2, rngs=rngs)
+      ...     self.norm = nnx.BatchNorm(2, rngs=rngs)
+      ...   def __call__(self, x):
+      ...     return self.norm(self.linear(x))
+      >>> model = Net(nnx.Rngs(0))
+      >>> optimizer = nnx.Optimizer(model, optax.adam(1e-2))
+      >>> loss_scale = nnx.DynamicLossScale(2.0**8)
+      >>> loss_fn = lambda model, x: jnp.mean(model(x) ** 2)
+      >>> @nnx.jit
+      ... def step(model, optimizer, loss_scale, x):
+      ...   return nnx.training.scaled_step(optimizer, model, loss_fn, x, loss_scale=loss_scale)
+      >>> bool(step(model, optimizer, loss_scale, jnp.ones((4, 2))).applied)
+      True
+      >>> mean = model.norm.mean.value
+      >>> loss, applied, _ = step(model, optimizer, loss_scale, jnp.full((4, 2), jnp.nan))
+      >>> bool(applied), bool((model.norm.mean.value == mean).all())
+      (False, True)
+      >>> float(loss_scale.scale.value), int(optimizer.step.value)
+      (128.0, 1)
+    """
+    roots = [model, optimizer, *_graph_roots((batch, kwargs))]
+    before = {path: _leaf_value(leaf) for path, leaf in _flatten(roots)[1]}
+
+    def objective(model: Any, *batch: Any, **kwargs: Any) -> Any:
+        out = loss_fn(model, *batch, **kwargs)
+        loss, aux = out if has_aux else (out, None)
+        scaled = loss if loss_scale is None else loss_scale.scale_loss(loss)
+        return scaled, (loss, aux)
+
+    grad_fn = value_and_grad(objective, argnums=DiffState(0, optimizer.wrt), has_aux=True)
+    (_, (loss, aux)), grads = grad_fn(model, *batch, **kwargs)
+    if loss_scale is not None:
+        grads = loss_scale.unscale(grads)
+    applied = all_finite(grads) & jnp.all(jnp.isfinite(loss))
+    optimizer.update(model, grads)
+    _restore_unless(applied, roots, before)
+    if loss_scale is not None:
+        loss_scale.adjust(applied)
+    return StepResult(loss, applied, aux)
