@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -324,12 +323,49 @@ def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[
     if hooks:
         raise ArgumentError(_HOOKS_MESSAGE.format(names=", ".join(hooks)))
     metadata = {k: v for k, v in metadata.items() if k not in _HOOK_NAMES}
+    return MetadataInitializer(initializer, metadata)
 
-    @functools.wraps(initializer)
-    def wrapper(*args: Any, **kwargs: Any) -> VariableMetadata:
-        return VariableMetadata(initializer(*args, **kwargs), dict(metadata))
 
-    return wrapper
+class MetadataInitializer:
+    """An initializer whose result carries Variable metadata (what :func:`with_metadata`
+    returns). A plain object rather than a closure: layers holding one pickle, and two
+    built alike compare equal, so identically built layers share a GraphDef."""
+
+    __slots__ = ("__wrapped__", "metadata")
+
+    def __init__(self, initializer: Callable[..., Any], metadata: dict[str, Any]):
+        self.__wrapped__ = initializer
+        self.metadata = dict(metadata)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> VariableMetadata:
+        return VariableMetadata(self.__wrapped__(*args, **kwargs), dict(self.metadata))
+
+    def _key(self) -> tuple:
+        return (self.__wrapped__, tuple(sorted(self.metadata.items())))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MetadataInitializer):
+            return NotImplemented
+        try:
+            return bool(self._key() == other._key())
+        except Exception:
+            return self is other
+
+    def __hash__(self) -> int:
+        try:
+            return hash(self._key())
+        except TypeError:  # unhashable metadata (a list): equal objects still hash alike
+            return hash((self.__wrapped__, tuple(sorted(self.metadata))))
+
+    def __getstate__(self) -> tuple:
+        return (self.__wrapped__, self.metadata)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.__wrapped__, self.metadata = state
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.metadata.items())
+        return f"with_metadata({self.__wrapped__!r}, {items})"
 
 
 class Variable(Generic[A]):

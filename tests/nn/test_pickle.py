@@ -194,3 +194,18 @@ def test_activations_pickle_by_reference_and_compute_as_jax():
     assert activations.relu.__wrapped__ is jax.nn.relu
     grad = jax.grad(lambda v: jnp.sum(activations.relu(v)))(x)
     np.testing.assert_array_equal(grad, jax.grad(lambda v: jnp.sum(jax.nn.relu(v)))(x))
+
+
+def test_layers_with_partitioned_or_annotated_initializers_pickle_and_share_a_graphdef():
+    def build():
+        init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+        bias = nnx.with_metadata(nnx.initializers.zeros, note="b")
+        return nnx.Linear(2, 4, kernel_init=init, bias_init=bias, rngs=nnx.Rngs(0))
+
+    a, b = build(), build()
+    assert nnx.graphdef(a) == nnx.graphdef(b)
+    assert hash(nnx.graphdef(a)) == hash(nnx.graphdef(b))
+    c = pickle.loads(pickle.dumps(a))
+    assert nnx.graphdef(c) == nnx.graphdef(a)
+    assert c.kernel.out_sharding == (None, "model") and c.bias.note == "b"
+    np.testing.assert_array_equal(c.kernel.value, a.kernel.value)
