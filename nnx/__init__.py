@@ -15,6 +15,7 @@ from .checkpointing import CheckpointCorruptError as CheckpointCorruptError
 from .checkpointing import Checkpointer as Checkpointer
 from .checkpointing import CheckpointError as CheckpointError
 from .checkpointing import CheckpointMismatchError as CheckpointMismatchError
+from .display import display as display
 from .errors import NNXError as NNXError
 from .errors import TraceContextError as TraceContextError
 from .filters import All as All
@@ -139,6 +140,7 @@ from .state import merge_state as merge_state
 from .state import replace_by_pure_dict as replace_by_pure_dict
 from .state import to_flat_state as to_flat_state
 from .state import to_pure_dict as to_pure_dict
+from .summary import tabulate as tabulate
 from .training import metrics as metrics
 from .training.ema import EMA as EMA
 from .training.metrics import Metric as Metric

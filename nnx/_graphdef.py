@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 
-from . import _version
+from . import _treescope, _version
 from ._keys import sort_key as _sort_key
+from ._repr import shown_fields
 from .errors import GraphDefMismatchError, format_path, short_list
 from .pytreelib import Dict, List, Pytree
 from .state import State, _flat_pairs, _iter_pairs, _nest_plan
@@ -130,7 +131,21 @@ class GraphDef:
             and (self.root == other.root)
         )
 
+    # -- display (see _repr.py and _treescope.py) -------------------------------------
+    def _nnx_display(self) -> tuple[str, type, list[tuple[Any, Any]]]:
+        """``GraphDef(MLP(...))``: the structure it encodes, drawn like the model without its
+        arrays: types, the configuration a model shows, Variable types, ``array`` for a raw
+        array leaf, and a reference for a node met again (sharing, cycles)."""
+        return "call", GraphDef, [(None, _outline(self.root, "", {}))]
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        return _treescope.render(self, path, subtree_renderer)
+
     def __repr__(self) -> str:
+        return _treescope.text(self)
+
+    def _summary(self) -> str:
+        """One line for error messages: ``GraphDef(MLP, nodes=16, leaves=10)``."""
         root = self.root
         if root[0] in (_NODE, _VAR):
             name = root[2].__name__
@@ -148,6 +163,51 @@ class GraphDef:
 
 
 jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
+
+
+def _child_path(path: str, kind: Any, key: Hashable) -> str:
+    """A treescope path (``.name``, ``[0]``, ``['key']``), for references to draw."""
+    if kind == _OBJ and isinstance(key, str):
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]"
+
+
+def _outline(cd: tuple, path: str, seen: dict[int, tuple[str, str]]) -> Any:
+    """What the display of a GraphDef draws for the child definition `cd` at `path`;
+    `seen` maps node indices to (type name, path) of their first sighting."""
+    tag = cd[0]
+    if tag == _STATIC:
+        return cd[1]
+    if tag == _LEAF:
+        return _treescope.Leaf("array")
+    if tag == _REF:
+        name, where = seen.get(cd[1], ("node", None))
+        return _treescope.reference(name, where)
+    if tag == _VAR:
+        seen[cd[1]] = (cd[2].__name__, path)
+        return _treescope.Leaf(cd[2].__name__)
+    if tag == _NODE:
+        kind, cls, index, children = cd[1], cd[2], cd[3], cd[4]
+        seen[index] = (cls.__name__, path)
+        items = [(k, _outline(c, _child_path(path, kind, k), seen)) for k, c in children]
+        if kind == _LIST:
+            return _treescope.Outline("list", cls, items)
+        if kind == _DICT:
+            return _treescope.Outline("dict", cls, items)
+        static = [(k, v) for (k, v), (_, c) in zip(items, children, strict=True) if c[0] == _STATIC]
+        data = [(k, v) for (k, v), (_, c) in zip(items, children, strict=True) if c[0] != _STATIC]
+        return _treescope.Outline("object", cls, shown_fields(cls, static + data))
+    # _TREE: a pytree without identity (tuple, namedtuple, plain dict...)
+    treedef, children = cd[1], cd[2]
+    items = [(k, _outline(c, f"{path}[{k!r}]", seen)) for k, c in children]
+    node_type = treedef.node_data()[0] if treedef.node_data() else tuple
+    if node_type is tuple or node_type is list:
+        return node_type(v for _, v in items)
+    if node_type is dict:
+        return dict(items)
+    if all(isinstance(k, str) for k, _ in items):
+        return _treescope.Outline("object", node_type, items)
+    return _treescope.Outline("call", node_type, items)
 
 
 # -- building graphs ---------------------------------------------------------------------
@@ -607,7 +667,7 @@ def _leaves_for(graphdef: GraphDef, states: list[Mapping]) -> list[Any]:
         if wrong_type:
             parts.append("Variable types differ:\n" + short_list(wrong_type))
         raise GraphDefMismatchError(
-            f"merge: the state does not fit the GraphDef ({graphdef!r}).\n"
+            f"merge: the state does not fit the GraphDef ({graphdef._summary()}).\n"
             + "\n".join(parts)
             + "\nFix: merge a state with the GraphDef that came from the same nnx.split, "
             "and pass every state that split returned (nnx.merge(graphdef, *states))."

@@ -33,13 +33,11 @@ Example:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax.numpy as jnp
 
-from ._repr import object_repr, value_summary
 from .errors import ArgumentError, AttributeNotFoundError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
@@ -57,9 +55,6 @@ def _append(old: tuple, value: Any) -> tuple:
 
 def _empty() -> tuple:
     return ()
-
-
-_printing = threading.local()
 
 
 class Module(Pytree):
@@ -178,19 +173,6 @@ class Module(Pytree):
         if attributes:
             self.set_attributes(**attributes)
 
-    def __repr__(self) -> str:
-        active = getattr(_printing, "ids", None)
-        if active is None:
-            active = _printing.ids = set()
-        if id(self) in active:
-            return f"{type(self).__name__}(...)"
-        active.add(id(self))
-        try:
-            fields = [(k, _field_repr(v)) for k, v in self._nnx_items()]
-            return object_repr(type(self).__name__, fields)
-        finally:
-            active.discard(id(self))
-
 
 def iter_modules(module: Any, /) -> Iterator[tuple[Path, Module]]:
     """Yields ``(path, module)`` for every Module in a graph, the argument included.
@@ -226,9 +208,3 @@ _SOW_CONFLICT = (
     "Fix: sow under another name, e.g. self.sow({vtype}, '{name}_sown', value), or sow with "
     "the type the attribute holds."
 )
-
-
-def _field_repr(value: Any) -> str:
-    if isinstance(value, (Pytree | Variable, list | tuple | dict)):
-        return repr(value)
-    return value_summary(value)

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import jax
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from . import _version
+from . import _treescope, _version
 from ._keys import sort_key as _sort_key
+from ._repr import shown_fields
 from .errors import AttributeNotFoundError
 from .variables import Variable
 
@@ -171,6 +172,25 @@ class Pytree:
             return fields[name]
         return is_data(value)
 
+    # -- display (see _repr.py and _treescope.py) -------------------------------------
+    # Names a subclass keeps out of its display, on top of the rule of ``shown_fields``
+    # (private names, None, plain callables, constructor defaults).
+    _nnx_repr_hide: ClassVar[tuple[str, ...]] = ()
+
+    def _nnx_display(self) -> tuple[str, type, list[tuple[str, Any]]]:
+        """Configuration first, then data; each sorted by name (the same order however the
+        object was built, by hand or by ``nnx.merge`` inside a transform)."""
+        static, data = [], []
+        for name, value in self._nnx_items():
+            (data if self._nnx_is_data(name, value) else static).append((name, value))
+        return "object", type(self), shown_fields(type(self), static + data)
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        return _treescope.render(self, path, subtree_renderer)
+
+    def __repr__(self) -> str:
+        return _treescope.text(self)
+
 
 Object = Pytree  # older flax name
 _CACHE_FIELDS = frozenset({"_nnx_cache", "_nnx_multi"})
@@ -264,8 +284,14 @@ class List(list):
     sort = _bumping("sort")
     reverse = _bumping("reverse")
 
+    def _nnx_display(self) -> tuple[str, type, list[tuple[int, Any]]]:
+        return "list", type(self), list(enumerate(self))
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        return _treescope.render(self, path, subtree_renderer)
+
     def __repr__(self) -> str:
-        return f"List({list.__repr__(self)})"
+        return _treescope.text(self)
 
     def __reduce__(self):
         # Items as a listitems iterator (not constructor args), so deepcopy/pickle register the
@@ -348,8 +374,14 @@ class Dict(dict):
                 f"{list(self)}."
             ) from None
 
+    def _nnx_display(self) -> tuple[str, type, list[tuple[Any, Any]]]:
+        return "dict", type(self), list(dict.items(self))
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        return _treescope.render(self, path, subtree_renderer)
+
     def __repr__(self) -> str:
-        return f"Dict({dict.__repr__(self)})"
+        return _treescope.text(self)
 
     def __reduce__(self):
         # dictitems, not constructor args: see List.__reduce__.

@@ -120,9 +120,6 @@ class RngStream(Pytree):
             key = jax.random.split(key, split)
         return RngStream(key, tag=self.tag)
 
-    def __repr__(self) -> str:
-        return f"RngStream(tag={self.tag!r}, shape={tuple(self.key.value.shape)})"
-
 
 class Rngs(Pytree):
     """A set of named random streams.
@@ -204,9 +201,6 @@ class Rngs(Pytree):
     def split(self, k: int | tuple[int, ...]) -> Rngs:
         """Same as ``fork(split=k)``: every stream becomes a batch of `k` streams."""
         return self.fork(split=k)
-
-    def __repr__(self) -> str:
-        return f"Rngs({', '.join(sorted(self._streams()))})"
 
 
 def reseed(node: Any, /, **stream_keys: Any) -> None:

@@ -23,9 +23,8 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey
 
-from . import _version
+from . import _treescope, _version
 from ._keys import sort_key as _sort_key
-from ._repr import object_repr, value_summary
 from .errors import (
     AttributeNotFoundError,
     FilterError,
@@ -134,13 +133,15 @@ class State(MutableMapping):
 
     __hash__ = None  # type: ignore[assignment]
 
+    # -- display (see _repr.py and _treescope.py) -------------------------------------
+    def _nnx_display(self) -> tuple[str, type, list[tuple[Hashable, Any]]]:
+        return "dict", type(self), list(self._mapping.items())
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        return _treescope.render(self, path, subtree_renderer)
+
     def __repr__(self) -> str:
-        fields = []
-        for key in self._mapping:
-            value = self._mapping[key]
-            text = repr(value) if isinstance(value, State | Variable) else value_summary(value)
-            fields.append((repr(key) if not isinstance(key, str) else key, text))
-        return object_repr("State", fields)
+        return _treescope.text(self)
 
     def __or__(self, other: Mapping) -> State:
         return merge_state(self, other)

@@ -29,9 +29,9 @@ import jax
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from . import _version
+from . import _treescope, _version
 from ._heap_path import find_path
-from ._repr import object_repr, value_summary
+from ._repr import shown_fields
 from ._sharding_meta import _place_new_value
 from .errors import ArgumentError, AttributeNotFoundError, KeyNotFoundError
 
@@ -616,10 +616,18 @@ class Variable(Generic[A]):
         else:
             object.__delattr__(self, name)
 
+    # -- display (see _repr.py and _treescope.py) -------------------------------------
+    def _nnx_display(self) -> tuple[str, type, list[tuple[str, Any]]]:
+        """The value, then the metadata (sharding annotations...), private or None entries
+        and plain callables left out."""
+        meta = shown_fields(type(self), self._meta.items())
+        return "object", type(self), [("value", self._value), *meta]
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        return _treescope.render(self, path, subtree_renderer)
+
     def __repr__(self) -> str:
-        fields = [("value", value_summary(self._value))]
-        fields += [(k, repr(v)) for k, v in self._meta.items()]
-        return object_repr(type(self).__name__, fields)
+        return _treescope.text(self)
 
     # -- array protocol ---------------------------------------------------------------
     def __jax_array__(self) -> jax.Array:

@@ -333,9 +333,9 @@ def test_jit_and_grad_over_a_state():
 
 def test_repr_readable():
     text = repr(make_state())
-    assert text.startswith("State(")
-    assert "head=Param(value=Array(shape=(3,), dtype=float32), tag='out')" in text
-    assert "layers=State(" in text and "0=State(" in text
-    assert "count=BatchStat" in text
-    assert repr(nnx.State({})) == "State()"
-    assert "State(" in repr(nnx.State({"x": 1}))
+    assert text.startswith("State({")
+    assert "'head': Param(value=Array(shape=(3,), dtype=float32), tag='out')" in text
+    assert "'layers': State({" in text and "0: State({" in text
+    assert "'count': BatchStat" in text
+    assert repr(nnx.State({})) == "State({})"
+    assert repr(nnx.State({"x": 1})) == "State({'x': 1})"

@@ -259,6 +259,10 @@ class Optimizer(Pytree):
       opt_state: the optax state, with its arrays held in ``OptArray`` Variables.
     """
 
+    # Its display shows step and opt_state (and wrt when not Param); `tx` is a pair of
+    # optax closures, nothing a reader can use.
+    _nnx_repr_hide = ("tx",)
+
     def __init__(self, model: Any, tx: optax.GradientTransformation, *, wrt: Filter = Param):
         self._init_state(model, tx, wrt)
         self._nnx_model = _Held(model)
