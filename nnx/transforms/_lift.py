@@ -146,7 +146,7 @@ class CallSpec:
         )
 
     def __repr__(self) -> str:
-        return f"CallSpec({self.graphdef!r}, positions={self.positions})"
+        return f"CallSpec({self.graphdef._summary()}, positions={self.positions})"
 
 
 def split_args(
@@ -471,7 +471,7 @@ def collect(
         raise TraceContextError(
             f"The structure of the arguments changed inside {what} (an attribute or "
             "Variable was added, removed or replaced), which it cannot carry out: "
-            f"before {spec.graphdef!r}, after {post.graphdef!r}.\n"
+            f"before {spec.graphdef._summary()}, after {post.graphdef._summary()}.\n"
             "Fix: create new attributes and sub-modules before the transform (e.g. run "
             "the model once eagerly, or use nnx.eval_shape / lazy initialisation first)."
         )
