@@ -434,7 +434,8 @@ class Checkpointer:
           CheckpointMismatchError: structure, shape or dtype differences (all listed).
           CheckpointCorruptError: a file of the step is damaged (step, file and arrays
             named).
-          In every case the targets are left untouched.
+
+        In every case of error the targets are left untouched.
         """
         self.wait()
         step = self._pick_step(step)

@@ -81,6 +81,8 @@ class _CarryType:
 
 
 Carry = _CarryType()
+"""Marks the carried argument in ``nnx.scan``'s ``in_axes``/``out_axes``: that argument is
+handed from step to step (and returned), not sliced along the scanned axis."""
 
 
 def _axis_list(spec: Any, flat: Any, in_axes: tuple) -> list[Any]:

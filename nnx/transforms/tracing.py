@@ -26,8 +26,9 @@ import jax
 from jax.experimental import checkify as _checkify
 
 from .._sharding_specs import _shard_abstract, get_named_sharding
-from ..graph import GraphDef, split
+from ..graph import GraphDef, is_node, split
 from ..state import State
+from ..variables import Variable
 from ._lift import call_transformed, split_args, traced_call
 
 __all__ = ["checkify", "eval_shape", "get_abstract_model", "make_jaxpr"]
@@ -93,6 +94,21 @@ def get_abstract_model(
     return graphdef, state
 
 
+def _arrays(out: Any) -> Any:
+    """What a traced function returned, as arrays: a Variable's value, a graph object's (or a
+    State's) pure dict of values, so ``jax.make_jaxpr`` can take it as an output."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, Variable):
+            return x._value
+        if isinstance(x, State) or is_node(x):
+            state = x if isinstance(x, State) else split(x)[1]
+            return state.to_pure_dict()
+        return x
+
+    return jax.tree.map(leaf, out, is_leaf=lambda x: isinstance(x, Variable | State) or is_node(x))
+
+
 def make_jaxpr(f: Callable, **jaxpr_kwargs: Any) -> Callable[..., Any]:
     """``jax.make_jaxpr`` for functions of graph objects: the jaxpr of the state-in,
     state-out function nnx traces."""
@@ -105,7 +121,7 @@ def make_jaxpr(f: Callable, **jaxpr_kwargs: Any) -> Callable[..., Any]:
 
         def pure(values: list, dyn: list) -> Any:
             with traced_call(spec, values, f, dyn, kwargs) as t:
-                return t.out
+                return _arrays(t.out)
 
         return jax.make_jaxpr(pure, **jaxpr_kwargs)(values, dyn)
 

@@ -156,3 +156,17 @@ def test_checkify_other_error_sets():
     assert err.get() is not None and "out-of-bounds" in err.get()
     err, _ = nnx.checkify(index, errors=jax_checkify.index_checks)(m, 1)
     assert err.get() is None
+
+
+def test_make_jaxpr_of_a_function_returning_graph_objects():
+    """A State, a module or nnx.grad's State as the output: their arrays are the outputs."""
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    for fn in (
+        lambda m: nnx.state(m),
+        lambda m: m,
+        lambda m: nnx.grad(lambda m: (m(jnp.ones(2)) ** 2).sum())(m),
+        lambda m: (m.kernel, m(jnp.ones(2))),
+    ):
+        jaxpr = nnx.make_jaxpr(fn)(model)
+        shapes = sorted(tuple(v.aval.shape) for v in jaxpr.jaxpr.outvars)
+        assert shapes == [(2, 3), (3,)], shapes
