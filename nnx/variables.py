@@ -171,7 +171,9 @@ def _describe(var: Variable) -> str:
         path = None
     if path:
         return f"{type(var).__name__} {path}"
-    return f"{type(var).__name__} (metadata {dict(var._meta) or 'none'})"
+    meta = dict(var._meta)
+    detail = f", metadata {meta}" if meta else ""
+    return f"{type(var).__name__} (not found in any module{detail})"
 
 
 _LEAKED_MESSAGE = (

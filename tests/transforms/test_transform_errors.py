@@ -435,3 +435,15 @@ def test_exception_inside_leaves_the_model_untouched(name):
     assert_unchanged(m, before, {"w", "mean", "inner"})
     # The model still works with the same transform afterwards.
     nnx.jit(lambda m: m.w.value.sum())(m)
+
+
+def test_closure_mutation_of_a_variable_outside_any_module_says_so():
+    count = nnx.Variable(jnp.zeros(()))
+
+    @nnx.jit
+    def step(x):
+        count.value = x
+
+    with pytest.raises(nnx.TraceContextError, match=r"^Variable \(not found in any module\) was"):
+        step(jnp.ones(()))
+    assert float(count.value) == 0.0
