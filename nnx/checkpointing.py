@@ -439,10 +439,7 @@ class Checkpointer:
         """
         self.wait()
         step = self._pick_step(step)
-        step_dir = os.path.join(self.directory, str(step))
-        with self._damage(step):
-            names = self._item_names(step_dir)
-            index = _index.read(step_dir) if _index.NAME in names else None
+        step_dir, names, index = self._open_step(step)
         available = sorted(n for n in names if n not in _RESERVED)
         for name in nodes:
             if name not in available:
@@ -531,6 +528,15 @@ class Checkpointer:
             f"Nothing was restored. Fix: {fix}, or delete the damaged step folder."
         )
 
+    def _open_step(self, step: int) -> tuple[str, list[str], _index.Index | None]:
+        """The step's folder, its item names and its nnx index (None for steps written
+        before nnx wrote one); damage raises :class:`CheckpointCorruptError`."""
+        step_dir = os.path.join(self.directory, str(step))
+        with self._damage(step):
+            names = self._item_names(step_dir)
+            index = _index.read(step_dir) if _index.NAME in names else None
+        return step_dir, names, index
+
     def _item_names(self, step_dir: str) -> list[str]:
         """The items of a step, from orbax's step metadata, checked against its folders."""
         file = os.path.join(step_dir, _STEP_FILE)
@@ -599,10 +605,7 @@ class Checkpointer:
         if step is None and self.latest_step() is None:
             return None
         step = self._pick_step(step)
-        step_dir = os.path.join(self.directory, str(step))
-        with self._damage(step):
-            names = self._item_names(step_dir)
-            index = _index.read(step_dir) if _index.NAME in names else None
+        step_dir, names, index = self._open_step(step)
         value = self._read_item(step, _METADATA, None) if _METADATA in names else None
         if index is not None:
             with self._damage(step):
