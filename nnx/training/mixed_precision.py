@@ -38,11 +38,10 @@ from ..errors import NNXError
 from ..filters import Filter, to_predicate
 from ..graph import flatten as _flatten
 from ..graph import is_node, iter_graph
-from ..graph import state as _state
 from ..graph import update as _update
 from ..module import Module
 from ..pytreelib import Pytree
-from ..state import _flat_pairs, from_flat_state
+from ..state import from_flat_state
 from ..transforms.autodiff import DiffState, value_and_grad
 from ..variables import Param, Variable
 
@@ -347,8 +346,39 @@ class DynamicLossScale(Pytree):
         self.good_steps.value = jnp.where(grow | ~finite, 0, good).astype(jnp.int32)
 
 
-def _select(pred: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+def _leaf_value(leaf: Any) -> Any:
+    return leaf._value if isinstance(leaf, Variable) else leaf
+
+
+def _snapshot(roots: list[Any]) -> dict:
+    """Path -> value of every leaf of `roots`, for :func:`_restore_unless`."""
+    return {path: _leaf_value(leaf) for path, leaf in _flatten(roots)[1]}
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    """Whether ``jnp.where`` can choose between values ``a`` and ``b`` leaf by leaf, keeping
+    their structure, shapes and dtypes."""
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    return ta == tb and all(
+        jnp.shape(x) == jnp.shape(y) and jnp.result_type(x) == jnp.result_type(y)
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def _restore_unless(applied: jax.Array, roots: list[Any], before: Mapping) -> None:
+    """Where ``applied`` is False, puts back the values ``before`` (path -> value) recorded
+    for the leaves of ``roots``; leaves the step did not replace are not touched."""
+    pairs = []
+    for path, leaf in _flatten(roots)[1]:
+        if path not in before:
+            continue
+        new, old = _leaf_value(leaf), before[path]
+        if new is old or not _same_kind(new, old):
+            continue
+        pairs.append((path, jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)))
+    if pairs:
+        _update(roots, from_flat_state(pairs))
 
 
 def scaled_update(
@@ -393,21 +423,10 @@ def scaled_update(
     if loss_scale is not None:
         grads = loss_scale.unscale(grads)
     finite = all_finite(grads)
-    wrt = optimizer.wrt
-    old_params = [
-        (p, v._value if isinstance(v, Variable) else v) for p, v in _flat_pairs(_state(model, wrt))
-    ]
-    opt_vars = jax.tree.leaves(optimizer.opt_state, is_leaf=lambda x: isinstance(x, Variable))
-    old_opt = [v._value for v in opt_vars]
-    old_step = optimizer.step._value
+    roots = [model, optimizer]
+    before = _snapshot(roots)
     optimizer.update(model, grads, **kwargs)
-    new_params = dict(
-        (p, v._value if isinstance(v, Variable) else v) for p, v in _flat_pairs(_state(model, wrt))
-    )
-    _update(model, from_flat_state([(p, _select(finite, new_params[p], v)) for p, v in old_params]))
-    for var, old in zip(opt_vars, old_opt, strict=True):
-        var.value = _select(finite, var._value, old)
-    optimizer.step.value = jnp.where(finite, optimizer.step._value, old_step)
+    _restore_unless(finite, roots, before)
     if loss_scale is not None:
         loss_scale.adjust(finite)
     return finite
@@ -432,36 +451,6 @@ def _graph_roots(tree: Any) -> list[Any]:
     """The graph objects (nodes and Variables) inside a pytree of arguments."""
     is_graph = lambda x: is_node(x) or isinstance(x, Variable)
     return [x for x in jax.tree.leaves(tree, is_leaf=is_graph) if is_graph(x)]
-
-
-def _leaf_value(leaf: Any) -> Any:
-    return leaf._value if isinstance(leaf, Variable) else leaf
-
-
-def _same_kind(a: Any, b: Any) -> bool:
-    """Whether ``jnp.where`` can choose between values ``a`` and ``b`` leaf by leaf, keeping
-    their structure, shapes and dtypes."""
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    return ta == tb and all(
-        jnp.shape(x) == jnp.shape(y) and jnp.result_type(x) == jnp.result_type(y)
-        for x, y in zip(la, lb, strict=True)
-    )
-
-
-def _restore_unless(applied: jax.Array, roots: list[Any], before: Mapping) -> None:
-    """Where ``applied`` is False, puts back the values ``before`` (path -> value) recorded
-    for the leaves of ``roots``; leaves the step did not replace are not touched."""
-    pairs = []
-    for path, leaf in _flatten(roots)[1]:
-        if path not in before:
-            continue
-        new, old = _leaf_value(leaf), before[path]
-        if new is old or not _same_kind(new, old):
-            continue
-        pairs.append((path, jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)))
-    if pairs:
-        _update(roots, from_flat_state(pairs))
 
 
 def scaled_step(
@@ -528,7 +517,7 @@ def scaled_step(
       (128.0, 1)
     """
     roots = [model, optimizer, *_graph_roots((batch, kwargs))]
-    before = {path: _leaf_value(leaf) for path, leaf in _flatten(roots)[1]}
+    before = _snapshot(roots)
 
     def objective(model: Any, *batch: Any, **kwargs: Any) -> Any:
         out = loss_fn(model, *batch, **kwargs)
