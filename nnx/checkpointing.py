@@ -373,6 +373,12 @@ class Checkpointer:
         flat = {name: _flat(tree) for name, tree in trees.items()}
         for name, leaves in flat.items():
             _check_savable(name, leaves)
+        empty = sorted(name for name, leaves in flat.items() if not leaves)
+        if empty:  # orbax raises "Found empty item." and is left unable to save again
+            raise CheckpointError(
+                f"save: {empty} hold no arrays (no Variable, no array leaf); nothing was "
+                "saved. Fix: save only objects with state, e.g. leave them out of save(...)."
+            )
         if metadata is not None:
             try:
                 metadata = json.loads(_index.canonical_json(dict(metadata)))

@@ -323,3 +323,16 @@ if __name__ == "__main__":
         script_train(args[0], args[1])
     else:
         raise SystemExit(f"unknown mode {mode}")
+
+
+def test_an_object_without_arrays_is_refused_and_the_checkpointer_still_saves(tmp_path):
+    class Empty(nnx.Module):
+        pass
+
+    with nnx.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(CheckpointError, match=r"\['empty'\] hold no arrays"):
+            ckpt.save(1, model=Vec(2), empty=Empty())
+        assert ckpt.all_steps() == []
+        ckpt.save(1, model=Vec(2))
+        ckpt.wait()
+        assert ckpt.all_steps() == [1]
