@@ -7,10 +7,12 @@ from . import checkpointing as checkpointing
 from . import errors as errors
 from . import filters as filterlib  # noqa: F401 - flax name
 from . import graph as graph
+from . import graph as graphlib  # noqa: F401 - flax name
 from . import locate as locate
 from . import nn as nn
+from . import rngs as rnglib  # noqa: F401 - flax name
 from . import state as statelib  # noqa: F401 - flax name
-from . import variables as variableslib  # noqa: F401 - flax name
+from . import variablelib as variablelib
 from .checkpointing import CheckpointCorruptError as CheckpointCorruptError
 from .checkpointing import Checkpointer as Checkpointer
 from .checkpointing import CheckpointError as CheckpointError
@@ -40,6 +42,7 @@ from .graph import split as split
 from .graph import state as state
 from .graph import unflatten as unflatten
 from .graph import update as update
+from .graph import variables as variables
 from .module import Module as Module
 from .module import iter_modules as iter_modules
 from .nn import dtypes as _dtypes  # noqa: F401
@@ -181,14 +184,14 @@ from .transforms.tracing import get_abstract_model as get_abstract_model
 from .transforms.tracing import make_jaxpr as make_jaxpr
 from .transforms.vmap import StateAxes as StateAxes
 from .transforms.vmap import vmap as vmap
-from .variables import BatchStat as BatchStat
-from .variables import Cache as Cache
-from .variables import Intermediate as Intermediate
-from .variables import Param as Param
-from .variables import Perturbation as Perturbation
-from .variables import Variable as Variable
-from .variables import VariableMetadata as VariableMetadata
-from .variables import register_variable_name as register_variable_name
-from .variables import variable_name_from_type as variable_name_from_type
-from .variables import variable_type_from_name as variable_type_from_name
-from .variables import with_metadata as with_metadata
+from .variablelib import BatchStat as BatchStat
+from .variablelib import Cache as Cache
+from .variablelib import Intermediate as Intermediate
+from .variablelib import Param as Param
+from .variablelib import Perturbation as Perturbation
+from .variablelib import Variable as Variable
+from .variablelib import VariableMetadata as VariableMetadata
+from .variablelib import register_variable_name as register_variable_name
+from .variablelib import variable_name_from_type as variable_name_from_type
+from .variablelib import variable_type_from_name as variable_type_from_name
+from .variablelib import with_metadata as with_metadata

@@ -39,7 +39,7 @@ from ._graphdef import (
 from .errors import StaticAttributeError, format_path
 from .pytreelib import Dict, List, Pytree, is_array, is_data
 from .state import State, _nest_plan
-from .variables import Variable
+from .variablelib import Variable
 
 _ROOT_NAME = "model"
 

@@ -25,7 +25,7 @@ from ._repr import shown_fields
 from .errors import GraphDefMismatchError, format_path, short_list
 from .pytreelib import Dict, List, Pytree
 from .state import State, _flat_pairs, _iter_pairs, _nest_plan
-from .variables import Variable, _Meta
+from .variablelib import Variable, _Meta
 
 if TYPE_CHECKING:
     from .graph import _CallProxy

@@ -1,7 +1,7 @@
-"""Sharding metadata of Variables: the floor below ``variables.py`` that ``nnx.spmd`` builds on.
+"""Sharding metadata of Variables: the floor below ``variablelib.py`` that ``nnx.spmd`` builds on.
 
 Floor: ground, next to ``errors.py``. It imports only jax, numpy and ``nnx.errors``, never a
-Variable, Pytree or State, so ``variables.py`` can import it (``Variable.__init__`` calls
+Variable, Pytree or State, so ``variablelib.py`` can import it (``Variable.__init__`` calls
 :func:`_place_new_value`) and ``transforms/`` and ``nn/`` reach it without reaching up to
 ``nnx.spmd``. What is here works on plain metadata mappings:
 

@@ -20,7 +20,7 @@ from ._sharding_meta import _annotation, _check, _context_mesh, _spec
 from .errors import ShardingError, format_path
 from .pytreelib import Pytree
 from .state import State
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = ["get_named_sharding", "get_partition_spec", "get_var_pspec"]
 

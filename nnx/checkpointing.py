@@ -60,7 +60,7 @@ from .graph import state as _state
 from .graph import update as _update
 from .state import State, _flat_pairs
 from .transforms._lift import contains_graph
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = [
     "CheckpointCorruptError",

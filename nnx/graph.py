@@ -84,7 +84,7 @@ from .state import (
     _split_pairs,
     from_flat_state,
 )
-from .variables import Variable, _check_frame, _Tracer
+from .variablelib import Variable, _check_frame, _Tracer
 
 __all__ = [
     "GraphDef",
@@ -101,6 +101,7 @@ __all__ = [
     "state",
     "unflatten",
     "update",
+    "variables",
 ]
 
 
@@ -233,6 +234,30 @@ def state(node: Any, /, *filters: Filter) -> Any:
     if not filters:
         return _snapshot_state(flat)
     pairs = _snapshot_pairs(flat)
+    states = _split_pairs(pairs, filters, exhaustive=False)
+    return states[0] if len(filters) == 1 else states
+
+
+def variables(node: Any, /, *filters: Filter) -> Any:
+    """A State of the graph's own Variable objects (not copies); with filters, only what
+    they select.
+
+    This is :func:`state` without the snapshot: writing through the result changes the
+    model, as flax.nnx's ``nnx.variables`` does.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> params = nnx.variables(model, nnx.Param)
+      >>> params['kernel'] is model.kernel
+      True
+      >>> params['bias'].value = jnp.ones(3)
+      >>> model.bias.value
+      Array([1., 1., 1.], dtype=float32)
+    """
+    flat = _flatten_cached(node)
+    pairs = list(zip(flat.paths, flat.leaves, strict=True))
+    if not filters:
+        return from_flat_state(pairs)
     states = _split_pairs(pairs, filters, exhaustive=False)
     return states[0] if len(filters) == 1 else states
 

@@ -42,7 +42,7 @@ from .errors import ArgumentError, AttributeNotFoundError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
 from .pytreelib import Pytree
-from .variables import Perturbation, Variable, variable_type_from_name
+from .variablelib import Perturbation, Variable, variable_type_from_name
 
 __all__ = ["Module", "iter_modules"]
 

@@ -40,7 +40,7 @@ from . import _treescope, _version
 from ._keys import sort_key as _sort_key
 from ._repr import shown_fields
 from .errors import AttributeNotFoundError
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = ["Dict", "List", "Pytree", "data", "is_data", "static"]
 

@@ -28,7 +28,7 @@ from .errors import ArgumentError, RngStreamError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
 from .pytreelib import Pytree
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = [
     "RngCount",

@@ -72,7 +72,7 @@ from .graph import state as _state
 from .graph import update as _update
 from .rngs import RngState
 from .state import from_flat_state, to_flat_state
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = [
     "load_safetensors",

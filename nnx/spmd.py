@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import jax
 
-# The machinery lives one and two floors down, so that variables.py, transforms/ and nn/
+# The machinery lives one and two floors down, so that variablelib.py, transforms/ and nn/
 # reach it without reaching up here; nnx.spmd is its public face (and keeps the private
 # names other modules used to import from it).
 from ._sharding_meta import PARTITION_NAME as PARTITION_NAME
@@ -53,7 +53,7 @@ from ._sharding_specs import get_named_sharding as get_named_sharding
 from ._sharding_specs import get_partition_spec as get_partition_spec
 from ._sharding_specs import get_var_pspec as get_var_pspec
 from .graph import is_node, merge, split
-from .variables import with_metadata
+from .variablelib import with_metadata
 
 __all__ = [
     "PARTITION_NAME",

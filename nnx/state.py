@@ -33,7 +33,7 @@ from .errors import (
     short_list,
 )
 from .filters import Filter, filters_to_predicates
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = [
     "FlatState",

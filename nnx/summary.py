@@ -45,7 +45,7 @@ from .graph import is_node, iter_graph, merge, split
 from .module import Module, iter_modules
 from .pytreelib import Pytree, is_array
 from .rngs import RngState
-from .variables import Variable
+from .variablelib import Variable
 
 __all__ = ["CallInfo", "tabulate"]
 

@@ -164,7 +164,7 @@ def test_no_module_patches_another_at_import_time(path: Path):
 def test_the_patch_check_catches_the_old_spmd_hook():
     path = PACKAGE / "spmd.py"  # only its place in the package is used, not its text
     text = (
-        "from . import variables as _variables\n"
+        "from . import variablelib as _variables\n"
         "from .errors import ShardingError\n"
         "import nnx.state\n"
         "def f():\n"
@@ -175,7 +175,7 @@ def test_the_patch_check_catches_the_old_spmd_hook():
         "setattr(_variables, 'z', 3)\n"
         "ShardingError.note = 4\n"  # a class, not a module: not this check's business
     )
-    assert _module_aliases(path, ast.parse(text)) == {"_variables": "nnx.variables", "nnx": "nnx"}
+    assert _module_aliases(path, ast.parse(text)) == {"_variables": "nnx.variablelib", "nnx": "nnx"}
     assert [f.split(":")[0] for f in _patches(path, text)] == ["line 6", "line 8", "line 9"]
 
 

@@ -237,7 +237,7 @@ def test_collection_names():
     with pytest.raises(nnx.errors.ArgumentError, match=r"(?s)No Variable type is registered.*Fix"):
         nnx.variable_type_from_name("no_such_collection_xyz")
     with pytest.raises(ValueError, match=r"(?s)already registered for Param.*Fix"):
-        nnx.variables.register_variable_name("params", nnx.BatchStat)
+        nnx.variablelib.register_variable_name("params", nnx.BatchStat)
     assert nnx.variable_type_from_name("params") is nnx.Param
 
     class Unnamed(nnx.Variable):

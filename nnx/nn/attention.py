@@ -48,7 +48,7 @@ from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
 from ..rngs import Rngs, RngStream
-from ..variables import Cache, Intermediate
+from ..variablelib import Cache, Intermediate
 from . import initializers
 from ._layer import check_features, check_positive, check_rank, lazy_stream
 from .dtypes import promote_dtype as _promote_dtype

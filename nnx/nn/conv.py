@@ -36,7 +36,7 @@ from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
 from ..rngs import Rngs
-from ..variables import Param
+from ..variablelib import Param
 from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype

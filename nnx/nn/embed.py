@@ -26,7 +26,7 @@ from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
 from ..rngs import Rngs
-from ..variables import Param
+from ..variablelib import Param
 from . import initializers
 from ._layer import check_positive, materialize
 from .dtypes import promote_dtype as _promote_dtype

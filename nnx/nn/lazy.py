@@ -19,7 +19,7 @@ from .._sharding_meta import _place_new_value, use_eager_sharding, using_eager_s
 from ..errors import ShapeError
 from ..graph import _flatten_full, state
 from ..state import _flat_pairs
-from ..variables import Variable
+from ..variablelib import Variable
 
 __all__ = ["lazy_init", "note_created"]
 

@@ -32,7 +32,7 @@ from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
 from ..rngs import Rngs
-from ..variables import Param, VariableMetadata
+from ..variablelib import Param, VariableMetadata
 from . import initializers
 from ._layer import lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype

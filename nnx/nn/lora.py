@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from ..module import Module
 from ..rngs import Rngs
-from ..variables import Param, Variable
+from ..variablelib import Param, Variable
 from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype

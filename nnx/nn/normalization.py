@@ -42,7 +42,7 @@ from ..graph import iter_graph
 from ..locate import describe
 from ..module import Module
 from ..rngs import Rngs
-from ..variables import BatchStat, Param, Variable
+from ..variablelib import BatchStat, Param, Variable
 from . import initializers
 from ._layer import check_features, check_positive, check_rank, lazy_stream, materialize
 from .dtypes import canonicalize_dtype

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ..errors import ConfigError
 from ..module import Module
-from ..variables import Param
+from ..variablelib import Param
 from .dtypes import promote_dtype as _promote_dtype
 
 __all__ = ["PReLU"]

@@ -31,7 +31,7 @@ from ..filters import Any as Any_
 from ..graph import iter_graph, merge, split, update
 from ..module import Module
 from ..rngs import Rngs, RngState
-from ..variables import Param
+from ..variablelib import Param
 from . import activations, initializers
 from ._layer import check_positive, check_rank
 from .dtypes import promote_dtype as _promote_dtype

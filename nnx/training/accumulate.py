@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from ..errors import NNXError
 from ..filters import Filter
 from ..transforms.autodiff import DiffState, value_and_grad
-from ..variables import Param
+from ..variablelib import Param
 
 __all__ = ["accumulate_gradients"]
 

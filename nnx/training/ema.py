@@ -38,7 +38,7 @@ from ..graph import state as _state
 from ..graph import update as _update
 from ..pytreelib import Pytree, data
 from ..state import _flat_pairs, from_flat_state, merge_state
-from ..variables import Param, Variable
+from ..variablelib import Param, Variable
 
 __all__ = ["EMA"]
 

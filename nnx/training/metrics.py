@@ -20,7 +20,7 @@ from ..errors import NNXError
 from ..filters import Filter
 from ..graph import split as _split
 from ..pytreelib import Pytree
-from ..variables import Variable
+from ..variablelib import Variable
 
 __all__ = ["Accuracy", "Average", "Metric", "MetricState", "MultiMetric", "Statistics", "Welford"]
 

@@ -43,7 +43,7 @@ from ..module import Module
 from ..pytreelib import Pytree
 from ..state import from_flat_state
 from ..transforms.autodiff import DiffState, value_and_grad
-from ..variables import Param, Variable
+from ..variablelib import Param, Variable
 
 __all__ = [
     "DynamicLossScale",

@@ -29,7 +29,7 @@ import optax
 
 from ..errors import NNXError
 from ..filters import Filter
-from ..variables import Param
+from ..variablelib import Param
 from .optimizer import Optimizer, _what
 
 __all__ = ["ModelAndOptimizer"]

@@ -47,7 +47,7 @@ from ..graph import state as _state
 from ..graph import update as _update
 from ..pytreelib import Dict, List, Pytree, data, is_array, static
 from ..state import State, _flat_pairs, from_flat_state
-from ..variables import Param, Variable, _check_frame, _Tracer
+from ..variablelib import Param, Variable, _check_frame, _Tracer
 
 __all__ = ["OptArray", "OptState", "OptVariable", "Optimizer"]
 

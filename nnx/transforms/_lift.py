@@ -54,7 +54,7 @@ from ..graph import (
     _write_raw_leaves,
 )
 from ..pytreelib import Dict, List, Pytree
-from ..variables import _FRAMES, Variable, _check_frame, _Frame, _Tracer
+from ..variablelib import _FRAMES, Variable, _check_frame, _Frame, _Tracer
 
 __all__ = [
     "CARRY_STRUCTURE",

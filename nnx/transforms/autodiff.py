@@ -30,7 +30,7 @@ import jax
 from ..errors import TraceContextError, TransformError, format_path, short_list
 from ..filters import Filter, to_predicate
 from ..state import State, from_flat_state
-from ..variables import Param, Variable
+from ..variablelib import Param, Variable
 from ._lift import (
     CallSpec,
     Traced,

@@ -39,7 +39,7 @@ from ..errors import TransformError
 from ..graph import _flatten_full, _write_slot
 from ..pytreelib import Dict, List, Pytree
 from ..state import State, _flat_pairs
-from ..variables import Variable
+from ..variablelib import Variable
 from ._lift import (
     CallSpec,
     FilterMap,

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 
 from .._sharding_meta import _stacked_metadata, _unstacked_metadata
 from ..errors import TraceContextError, TransformError
-from ..variables import Variable, _Meta
+from ..variablelib import Variable, _Meta
 from ._lift import (
     CARRY_STRUCTURE,
     FilterMap,

@@ -28,7 +28,7 @@ from jax.experimental import checkify as _checkify
 from .._sharding_specs import _shard_abstract, get_named_sharding
 from ..graph import GraphDef, is_node, split
 from ..state import State
-from ..variables import Variable
+from ..variablelib import Variable
 from ._lift import call_transformed, split_args, traced_call
 
 __all__ = ["checkify", "eval_shape", "get_abstract_model", "make_jaxpr"]

@@ -45,7 +45,7 @@ import jax
 
 from .._sharding_meta import PARTITION_NAME, _stacked_metadata
 from ..errors import TraceContextError, TransformError, format_path
-from ..variables import Variable, _Meta
+from ..variablelib import Variable, _Meta
 from ._lift import (
     FilterMap,
     Traced,
