@@ -32,6 +32,12 @@ def _configure_jax_environment() -> None:
 
 _configure_jax_environment()
 
+import importlib.util  # noqa: E402
+
+# nnx.bridge needs flax.linen (the optional `linen` extra): without flax its docstring examples
+# cannot even be imported, so they are not collected (tests/test_bridge.py skips by itself).
+collect_ignore_glob = [] if importlib.util.find_spec("flax") else ["nnx/bridge/*"]
+
 import jax  # noqa: E402  (must come after the environment set-up above)
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
