@@ -624,6 +624,7 @@ def call_transformed(
     write: bool = True,
     what: str = "this transform",
     finish: Callable[[Any], tuple[Any, list, Out, Any]] | None = None,
+    check: Callable[[Traced, Any], None] | None = None,
 ) -> Any:
     """Runs ``wrap(pure)(values, dyn_args, dyn_kwargs)`` for transforms that trace once per
     call (checkpoint, eval_shape, checkify...), then writes back.
@@ -632,7 +633,8 @@ def call_transformed(
     Positions in `static` are closed over as Python values instead of being traced.
     `finish` unpacks a wrapped result that is not the plain triple (e.g. checkify's
     ``(error, triple)``) into ``(out, values, info, extra)``; the call then returns
-    ``(extra, out)``.
+    ``(extra, out)``. `check` runs on the call and its output inside the trace, before
+    anything is collected (``graph_updates=False``, see ``_modes.check_trace``).
     """
     spec, flat, values = split_args(args, kwargs, static)
     graph_pos = set(spec.positions)
@@ -642,6 +644,8 @@ def call_transformed(
     def pure(values: list, dyn_args: list, dyn_kwargs: dict) -> Any:
         full = [args[i] if i in static else a for i, a in enumerate(dyn_args)]
         with traced_call(spec, values, fun, full, dyn_kwargs) as t:
+            if check is not None:
+                check(t, t.out)
             return collect(t, t.out, what=what)
 
     # Outside jit, jax.checkpoint hands constants back as numpy-backed literals: make them

@@ -50,13 +50,16 @@ from ._lift import (
     split_args,
     traced_call,
 )
+from ._modes import Mode, check_call, check_trace, resolve
 
 __all__ = ["cond", "fori_loop", "switch", "while_loop"]
 
 
-def _branch(fn: Callable, spec: Any, what: str) -> Callable:
+def _branch(fn: Callable, spec: Any, what: str, mode: Mode | None) -> Callable:
     def pure(values: list, dyn: list) -> Any:
         with traced_call(spec, values, fn, dyn) as t:
+            if mode is not None:
+                check_trace(mode, t, t.out)
             return collect(t, t.out, force=True, allow_structure_change=False, what=what)
 
     return pure
@@ -68,11 +71,14 @@ def _run_branches(
     operands: Sequence[Any],
     what: str,
     is_cond: bool,
+    mode: Mode | None = None,
 ) -> Any:
+    if mode is not None:
+        check_call(mode, operands)
     spec, flat, values = split_args(operands, {})
     graph_pos = set(spec.positions)
     dyn = [None if i in graph_pos else a for i, a in enumerate(operands)]
-    pures = [_branch(b, spec, what) for b in branches]
+    pures = [_branch(b, spec, what, mode) for b in branches]
     if is_cond:
         out, new_values, info = jax.lax.cond(index_or_pred, pures[0], pures[1], values, dyn)
     else:
@@ -80,18 +86,36 @@ def _run_branches(
     return apply(flat, out, new_values, info)
 
 
-def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> Any:
+def cond(
+    pred: Any,
+    true_fun: Callable,
+    false_fun: Callable,
+    *operands: Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.cond`` whose operands may be graph objects.
 
     Both branches must leave the graph's structure unchanged and return outputs of the same
-    structure; state either branch changes is written back.
+    structure; state either branch changes is written back. ``graph=False`` refuses operands
+    sharing Variables or sub-objects (flax's tree mode); ``graph_updates=False`` refuses
+    returning operand Variables (as flax does). None: the current ``nnx.set_graph_mode`` /
+    ``nnx.set_graph_updates`` default.
     """
-    return _run_branches(pred, (true_fun, false_fun), operands, "nnx.cond", True)
+    mode = resolve("cond", graph, graph_updates)
+    return _run_branches(pred, (true_fun, false_fun), operands, "nnx.cond", True, mode)
 
 
-def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
+def switch(
+    index: Any,
+    branches: Sequence[Callable],
+    *operands: Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.switch`` whose operands may be graph objects (see :func:`cond`)."""
-    return _run_branches(index, tuple(branches), operands, "nnx.switch", False)
+    mode = resolve("switch", graph, graph_updates)
+    return _run_branches(index, tuple(branches), operands, "nnx.switch", False, mode)
 
 
 _SCALARS = (bool, int, float, complex, np.number, np.bool_)
@@ -152,9 +176,16 @@ def fori_loop(
     init_val: Any,
     *,
     unroll: Any = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.fori_loop`` whose carry may hold graph objects (see the module docstring
-    for what is returned and what is updated in place)."""
+    for what is returned and what is updated in place). ``graph=False`` refuses a carry
+    sharing Variables or sub-objects (flax's tree mode); the carry's structure is fixed in
+    any case, so ``graph_updates`` changes nothing else."""
+    mode = resolve("fori_loop", graph, graph_updates)
+    if mode is not None:
+        check_call(mode, (init_val,))
     kwargs = {} if unroll is None else {"unroll": unroll}
     carry = as_array_carry(init_val)
     loop = _Loop(carry, "nnx.fori_loop")
@@ -170,9 +201,17 @@ def fori_loop(
 
 
 def while_loop(
-    cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any
+    cond_fun: Callable[[Any], Any],
+    body_fun: Callable[[Any], Any],
+    init_val: Any,
+    *,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.while_loop`` whose carry may hold graph objects (see :func:`fori_loop`)."""
+    mode = resolve("while_loop", graph, graph_updates)
+    if mode is not None:
+        check_call(mode, (init_val,))
     init_val = as_array_carry(init_val)
     loop = _Loop(init_val, "nnx.while_loop")
     if not loop.spec.positions:

@@ -35,7 +35,9 @@ from typing import Any
 
 import jax
 
-from ..errors import TransformError
+from .._graph_mode import graph_mode
+from .._graph_mode import graph_updates as graph_updates_default
+from ..errors import ArgumentError, TransformError
 from ..graph import _flatten_full, _write_slot
 from ..pytreelib import Dict, List, Pytree
 from ..state import State, _flat_pairs
@@ -53,15 +55,16 @@ from ._lift import (
     split_args,
     traced_call,
 )
+from ._modes import Mode, check_call, check_trace, resolve
 
 __all__ = ["JitWrapped", "StateSharding", "cached_partial", "jit", "jit_partial"]
-
-_UNSPECIFIED: Any = object()
-
 
 class StateSharding(FilterMap):
     """Per-filter shardings for a graph argument of ``nnx.jit``:
     ``StateSharding({nnx.Param: param_sharding, ...: None})``."""
+
+    def __init__(self, filter_sharding: Any = (), /):
+        super().__init__(filter_sharding)
 
 
 def _as_tuple(x: int | Iterable[int] | None) -> tuple:
@@ -153,8 +156,8 @@ class JitWrapped:
         self,
         fun: Callable,
         *,
-        in_shardings: Any = _UNSPECIFIED,
-        out_shardings: Any = _UNSPECIFIED,
+        in_shardings: Any = None,
+        out_shardings: Any = None,
         static_argnums: int | Iterable[int] | None = None,
         static_argnames: str | Iterable[str] | None = None,
         donate_argnums: int | Iterable[int] | None = None,
@@ -163,9 +166,12 @@ class JitWrapped:
         device: Any = None,
         backend: str | None = None,
         inline: bool = False,
+        graph: bool | None = None,
+        graph_updates: bool | None = None,
         compiler_options: dict[str, Any] | None = None,
     ):
         functools.update_wrapper(self, fun)
+        self._mode: Mode | None = resolve("jit", graph, graph_updates)
         self.fun = fun
         # Numbers and names both, as jax.jit: f(m, x, "double") with static_argnames="mode"
         # must find the static argument at its position (and static_argnums by keyword).
@@ -193,7 +199,7 @@ class JitWrapped:
             self._jit_kwargs["backend"] = backend
         if compiler_options is not None:
             self._jit_kwargs["compiler_options"] = compiler_options
-        self._per_spec = in_shardings is not _UNSPECIFIED or out_shardings is not _UNSPECIFIED
+        self._per_spec = in_shardings is not None or out_shardings is not None
         self._jitted = None if self._per_spec else jax.jit(self._inner, **self._jit_kwargs)
         self._jitted_by_spec: dict[CallSpec, Any] = {}
         self._exported_by_spec: dict[CallSpec | None, Any] = {}
@@ -215,8 +221,10 @@ class JitWrapped:
         force = (lambda i: spec.root_of[i] in donated) if donated else False
         with traced_call(spec, values, self.fun, args, kwargs) as t:
             out = t.out
-            if self.out_shardings is not _UNSPECIFIED:
+            if self.out_shardings is not None:
                 out = _constrain_out(out, self.out_shardings)
+            if self._mode is not None:
+                check_trace(self._mode, t, out)
             return collect(t, out, force=force, what="nnx.jit")
 
     def _export_inner(self, spec: CallSpec, *args: Any, **kwargs: Any) -> Any:
@@ -272,6 +280,8 @@ class JitWrapped:
     def _split(self, args: tuple, kwargs: dict) -> tuple:
         if self._static or self._static_names:
             self._check_static(args, kwargs)
+        if self._mode is not None:
+            check_call(self._mode, args, kwargs)
         spec, flat, values = split_args(args, kwargs, self._static, self._static_names)
         if len(spec.slices) == 1:
             parts: list[Any] = [values]
@@ -286,7 +296,7 @@ class JitWrapped:
         jitted = self._jitted_by_spec.get(spec)
         if jitted is None:
             kwargs = dict(self._jit_kwargs)
-            if self.in_shardings is not _UNSPECIFIED:
+            if self.in_shardings is not None:
                 kwargs["in_shardings"] = self._leaf_in_shardings(spec, flat, args)
             # out_shardings are applied inside the trace (_constrain_out): graph objects in
             # the output travel as the values of the joint graph, not as `out`, so a jax-level
@@ -300,7 +310,7 @@ class JitWrapped:
         jitted = self._exported_by_spec.get(key)
         if jitted is None:
             kwargs = dict(self._jit_kwargs)
-            if self.in_shardings is not _UNSPECIFIED:
+            if self.in_shardings is not None:
                 kwargs["in_shardings"] = self._leaf_in_shardings(spec, flat, args)
 
             def pure(spec: CallSpec, *args: Any, **kwargs: Any) -> Any:
@@ -521,8 +531,8 @@ def _constrain_out(out: Any, shardings: Any) -> Any:
 def jit(
     fun: Callable | None = None,
     *,
-    in_shardings: Any = _UNSPECIFIED,
-    out_shardings: Any = _UNSPECIFIED,
+    in_shardings: Any = None,
+    out_shardings: Any = None,
     static_argnums: int | Iterable[int] | None = None,
     static_argnames: str | Iterable[str] | None = None,
     donate_argnums: int | Iterable[int] | None = None,
@@ -531,7 +541,8 @@ def jit(
     device: Any = None,
     backend: str | None = None,
     inline: bool = False,
-    compiler_options: dict[str, Any] | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Compiles `fun` with ``jax.jit``; Modules and other graph objects may be arguments and
     outputs, and whatever the function changes on them is visible afterwards.
@@ -549,6 +560,11 @@ def jit(
     ``jax.export.export(nnx.jit(f))`` exports `f` as a pure function of arrays, graph
     arguments going in (and changed state coming out) as lists of arrays; see
     :meth:`JitWrapped.trace`.
+    `in_shardings`/`out_shardings` None (the default) leave the shardings to jax, as in
+    flax. `graph=False` refuses graph arguments that share Variables or sub-objects (flax's
+    tree mode); `graph_updates=False` refuses returning input Variables and structural changes
+    made inside (flax drops those silently). None takes the default of
+    ``nnx.set_graph_mode`` / ``nnx.set_graph_updates`` in force when `jit` is applied.
     Usable as ``@nnx.jit`` or ``@nnx.jit(static_argnums=...)``.
     """
     kwargs = dict(
@@ -562,20 +578,25 @@ def jit(
         device=device,
         backend=backend,
         inline=inline,
-        compiler_options=compiler_options,
+        graph=graph_mode(graph),
+        graph_updates=graph_updates_default(graph_updates),
     )
     if fun is None:
         return functools.partial(jit, **kwargs)
     return JitWrapped(fun, **kwargs)
 
 
-def cached_partial(f: Callable, *cached_args: Any) -> Callable:
+def cached_partial(
+    f: Callable, *cached_args: Any, graph: bool | None = None, graph_updates: bool | None = None
+) -> Callable:
     """``functools.partial(f, *cached_args)``, kept for code written against flax.
 
     flax.nnx needs this to skip re-traversing the graph of `cached_args` on every call; nnx's
     structure cache already does that for every call of ``nnx.jit``, so it is plain partial
     application here, with the same semantics: state changed on the cached arguments inside
-    the call is visible on them afterwards.
+    the call is visible on them afterwards. As in flax, it is a graph-mode API: `graph` and
+    `graph_updates` (None: the ``nnx.set_graph_mode`` / ``set_graph_updates`` default) must
+    be True, else ArgumentError (use :func:`jit_partial`).
 
     Example:
       >>> class M(nnx.Module):
@@ -589,13 +610,61 @@ def cached_partial(f: Callable, *cached_args: Any) -> Callable:
       >>> fast(2); fast(3); int(m.n.value)
       5
     """
+    if not (graph_mode(graph) and graph_updates_default(graph_updates)):
+        raise ArgumentError(
+            f"nnx.cached_partial(graph={graph!r}, graph_updates={graph_updates!r}): "
+            "cached_partial is a graph-mode API and needs graph=True and graph_updates=True "
+            "(as in flax).\nFix: use nnx.jit_partial(f, *args, graph=False) for tree mode, or "
+            "drop the keywords."
+        )
     return functools.partial(f, *cached_args)
 
 
-def jit_partial(fun: Callable, *partial_args: Any, **jit_kwargs: Any) -> Callable:
-    """``nnx.jit(fun, **jit_kwargs)`` with `partial_args` bound first (flax compatibility).
+def jit_partial(
+    fun: Callable,
+    *partial_args: Any,
+    in_shardings: Any = None,
+    out_shardings: Any = None,
+    static_argnums: int | Iterable[int] | None = None,
+    static_argnames: str | Iterable[str] | None = None,
+    donate_argnums: int | Iterable[int] | None = None,
+    donate_argnames: str | Iterable[str] | None = None,
+    keep_unused: bool = False,
+    device: Any = None,
+    backend: str | None = None,
+    inline: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Callable:
+    """``nnx.jit(fun, ...)`` with `partial_args` bound as its first arguments.
 
-    Argument numbers in `jit_kwargs` (static_argnums, donate_argnums) count the bound
-    arguments too, as they would for ``fun`` itself.
+    The keywords are those of :func:`jit`. Argument numbers (static_argnums,
+    donate_argnums) and a tuple of in_shardings count the bound arguments too, as they would
+    for ``fun`` itself. State the call changes on the bound arguments is visible on them
+    afterwards. With ``graph=False`` the bound arguments may not share Variables (checked
+    here, once, as flax does) nor may the call arguments.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> forward = nnx.jit_partial(lambda m, x: m(x), model)
+      >>> forward(jnp.ones((4, 2))).shape
+      (4, 3)
     """
-    return functools.partial(jit(fun, **jit_kwargs), *partial_args)
+    jitted = jit(
+        fun,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+        static_argnums=static_argnums,
+        static_argnames=static_argnames,
+        donate_argnums=donate_argnums,
+        donate_argnames=donate_argnames,
+        keep_unused=keep_unused,
+        device=device,
+        backend=backend,
+        inline=inline,
+        graph=graph,
+        graph_updates=graph_updates,
+    )
+    if jitted._mode is not None:
+        check_call(Mode("jit_partial", jitted._mode.tree), partial_args)
+    return functools.partial(jitted, *partial_args)

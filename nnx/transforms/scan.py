@@ -45,12 +45,15 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from .._graph_mode import graph_mode
+from .._graph_mode import graph_updates as graph_updates_default
 from .._sharding_meta import _stacked_metadata, _unstacked_metadata
 from ..errors import TraceContextError, TransformError
 from ..variablelib import Variable, _Meta
@@ -68,6 +71,7 @@ from ._lift import (
     structure,
     traced_call,
 )
+from ._modes import check_call, check_trace, resolve
 from .control import as_array_carry
 
 __all__ = ["Carry", "scan"]
@@ -235,20 +239,27 @@ def scan(
     length: int | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    _split_transpose: bool = False,
     in_axes: Any = (Carry, 0),
     out_axes: Any = (Carry, 0),
-    transform_metadata: dict[str, Any] | None = None,
+    transform_metadata: Mapping[str, Any] = MappingProxyType({}),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Scans `f` over the sliced arguments (see the module docstring).
 
     Args:
       length: number of steps, needed when nothing is sliced.
-      reverse, unroll: as in ``jax.lax.scan``.
+      reverse, unroll, _split_transpose: as in ``jax.lax.scan``.
       in_axes: per positional argument: ``nnx.Carry``, an int, None, or a StateAxes.
       out_axes: ``nnx.Carry``, an int, or a tuple of those matching `f`'s output tuple.
       transform_metadata: ``{nnx.PARTITION_NAME: 'layers'}``: inside `f`, a scanned
         Variable's sharding annotation (and any other tuple metadata named here) lacks that
         name at its scanned axis, as one slice of the stacked Variable; outside it is back.
+      graph: False refuses arguments sharing Variables or sub-objects (flax's tree mode).
+      graph_updates: False refuses returning input Variables and structural changes inside
+        (flax drops those silently). None (both): the ``nnx.set_graph_mode`` /
+        ``nnx.set_graph_updates`` default in force when the transform is applied.
     """
     if f is None:
         return functools.partial(
@@ -258,13 +269,19 @@ def scan(
             unroll=unroll,
             in_axes=in_axes,
             out_axes=out_axes,
+            _split_transpose=_split_transpose,
             transform_metadata=transform_metadata,
+            graph=graph_mode(graph),
+            graph_updates=graph_updates_default(graph_updates),
         )
+    mode = resolve("scan", graph, graph_updates)
 
     meta_names = dict(transform_metadata or {})
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
+        if mode is not None:
+            check_call(mode, args)
         n = len(args)
         axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * n
         if len(axes) != n:
@@ -356,6 +373,9 @@ def scan(
                         new_roots[graph_carry] = outs[carry_out_idx[0]]
                     else:
                         new_plain_carry = outs[carry_out_idx[0]]
+                if mode is not None:
+                    carry = outs[carry_out_idx[0]] if carry_out_idx else None
+                    check_trace(mode, t, outs, carry=carry)
                 nxt = follow(t, new_roots)
                 check_dropped(t, nxt, lambda p: _where(spec, p), "nnx.scan", "step")
                 if nxt.flat.graphdef == spec.graphdef:
@@ -396,7 +416,13 @@ def scan(
                 return (carry_new, new_plain_carry), (scan_new, ys)
 
         (carry_vals, plain_carry), (scan_vals, ys) = jax.lax.scan(
-            body, init, xs, length=length, reverse=reverse, unroll=unroll
+            body,
+            init,
+            xs,
+            length=length,
+            reverse=reverse,
+            unroll=unroll,
+            _split_transpose=_split_transpose,
         )
         nxt, layout = found[0]
         final: list[Any] = [None] * len(layout.roles)

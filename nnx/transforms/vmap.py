@@ -37,14 +37,19 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jax
 
-from .._sharding_meta import PARTITION_NAME, _stacked_metadata
+from .._graph_mode import graph_mode, iter_paths
+from .._graph_mode import graph_updates as graph_updates_default
+from .._sharding_meta import PARTITION_NAME, _stacked_metadata, _unstacked_metadata
 from ..errors import TraceContextError, TransformError, format_path
+from ..graph import _replace_metadata, clone
 from ..variablelib import Variable, _Meta
 from ._lift import (
     FilterMap,
@@ -57,12 +62,16 @@ from ._lift import (
     split_args,
     traced_call,
 )
+from ._modes import Mode, check_call, check_trace, resolve
 
-__all__ = ["PARTITION_NAME", "StateAxes", "vmap"]
+__all__ = ["PARTITION_NAME", "StateAxes", "transform_metadata", "vmap"]
 
 
 class StateAxes(FilterMap):
     """Per-filter axes for a graph argument: ``StateAxes({nnx.Param: 0, ...: None})``."""
+
+    def __init__(self, filter_axes: Any = (), /):
+        super().__init__(filter_axes)
 
 
 class _Placeholder:
@@ -286,7 +295,9 @@ def vmap(
     axis_name: Any = None,
     axis_size: int | None = None,
     spmd_axis_name: Any = None,
-    transform_metadata: dict[str, Any] | None = None,
+    transform_metadata: Mapping[str, Any] = MappingProxyType({}),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.vmap`` over functions of graph objects (see the module docstring).
 
@@ -297,6 +308,10 @@ def vmap(
       transform_metadata: ``{nnx.PARTITION_NAME: 'layers'}`` inserts that name into the
         sharding annotation (``out_sharding`` metadata, see ``nnx.spmd``) of Variables created
         inside, at their out axis.
+      graph: False refuses arguments sharing Variables or sub-objects (flax's tree mode).
+      graph_updates: False refuses returning input Variables and structural changes inside
+        (flax drops those silently). None (both): the ``nnx.set_graph_mode`` /
+        ``nnx.set_graph_updates`` default in force when the transform is applied.
     """
     if f is None:
         return functools.partial(
@@ -307,8 +322,11 @@ def vmap(
             axis_size=axis_size,
             spmd_axis_name=spmd_axis_name,
             transform_metadata=transform_metadata,
+            graph=graph_mode(graph),
+            graph_updates=graph_updates_default(graph_updates),
         )
     stack_meta = dict(transform_metadata or {})
+    mode = resolve("vmap", graph, graph_updates)
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -324,6 +342,8 @@ def vmap(
                 f"nnx.vmap: in_axes has {len(axes)} entries for {n} arguments. Fix: give one "
                 "axis (int, None or StateAxes) per positional argument."
             )
+        if mode is not None:
+            check_call(mode, args, kwargs)
         spec, flat, values = split_args(args, {})
         leaf_axes = _leaf_axes(spec, flat, axes, "nnx.vmap")
         graph_pos = set(spec.positions)
@@ -337,6 +357,8 @@ def vmap(
 
         def pure(values: list, dyn: list, kwargs: dict) -> Any:
             with traced_call(spec, values, f, dyn, kwargs) as t:
+                if mode is not None:
+                    check_trace(mode, t, t.out)
                 post = after(t)
                 if post.graphdef == spec.graphdef:
                     post_axes, fresh = leaf_axes, []
@@ -404,5 +426,98 @@ def vmap(
             out_plain,
             is_leaf=lambda x: isinstance(x, _Placeholder),
         )
+
+    return wrapper
+
+
+def _edit_axes(tree: Any, axes: Any, edit: Callable[[Variable, int], None]) -> None:
+    """Calls ``edit(variable, axis)`` for every Variable of `tree` under an int of `axes` (a
+    pytree prefix of `tree`: an int for all, None to skip, or a tuple per element)."""
+    if axes is None:
+        return
+    if isinstance(axes, int):
+        for _, obj in iter_paths(tree):
+            if isinstance(obj, Variable):
+                edit(obj, axes)
+        return
+    if isinstance(axes, tuple | list) and isinstance(tree, tuple | list):
+        if len(axes) != len(tree):
+            raise TransformError(
+                f"nnx.transform_metadata: axes {axes!r} has {len(axes)} entries for "
+                f"{len(tree)} values. Fix: one int or None per value, or one int for all."
+            )
+        for sub, ax in zip(tree, axes, strict=True):
+            _edit_axes(sub, ax, edit)
+        return
+    raise TransformError(
+        f"nnx.transform_metadata: axes must be an int, None or a tuple of those, got {axes!r}."
+    )
+
+
+def transform_metadata(
+    f: Callable | None = None,
+    *,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    partition: str | None,
+    graph: bool | None = None,
+) -> Any:
+    """Keeps the sharding metadata of stacked Variables right around `f`, for transforms that
+    do not edit metadata themselves (``jax.vmap``, or flax code run in tree mode).
+
+    Inside `f`, the Variables of the arguments (copies) lack the axis named `partition` at
+    their `in_axes` position in their sharding annotation (``out_sharding``), as one slice of
+    a stacked Variable; afterwards the axis is put back on them and added, at `out_axes`, to
+    the Variables `f` returns. Values `f` assigns to the copies are written to the caller's
+    Variables; their metadata is left as it was. ``graph=False`` refuses arguments sharing
+    Variables or sub-objects (None: the ``nnx.set_graph_mode`` default).
+
+    Example:
+      >>> stacked = nnx.Param(jnp.ones((3, 4)), out_sharding=('layers', None))
+      >>> @nnx.transform_metadata(in_axes=0, partition='layers')
+      ... def inside(v):
+      ...   return v.get_metadata('out_sharding')
+      >>> inside(stacked), stacked.get_metadata('out_sharding')
+      ((None,), ('layers', None))
+    """
+    if f is None:
+        return functools.partial(
+            transform_metadata,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            partition=partition,
+            graph=graph,
+        )
+    names = {PARTITION_NAME: partition}
+    tree = not graph_mode(graph)
+
+    def remove(v: Variable, axis: int) -> None:
+        _replace_metadata(v, _Meta(_unstacked_metadata(v._meta, axis, names)))
+        v.remove_axis(axis, partition)
+
+    def add(v: Variable, axis: int) -> None:
+        _replace_metadata(v, _Meta(_stacked_metadata(v._meta, axis, names)))
+        v.add_axis(axis, partition)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            bound = inspect.signature(f).bind(*args, **kwargs)
+            args = tuple(bound.args)
+            kwargs = dict(bound.kwargs)
+        if tree:
+            check_call(Mode("transform_metadata", True), args, kwargs)
+        originals = [obj for _, obj in iter_paths(args) if isinstance(obj, Variable)]
+        copies = clone(args)
+        inner = [obj for _, obj in iter_paths(copies) if isinstance(obj, Variable)]
+        _edit_axes(copies, in_axes if isinstance(in_axes, int | None) else tuple(in_axes), remove)
+        before = [v._value for v in inner]
+        out = f(*copies, **kwargs)
+        _edit_axes(copies, in_axes if isinstance(in_axes, int | None) else tuple(in_axes), add)
+        _edit_axes(out, out_axes, add)
+        for orig, copy_, old in zip(originals, inner, before, strict=True):
+            if copy_._value is not old:
+                orig.value = copy_._value
+        return out
 
     return wrapper

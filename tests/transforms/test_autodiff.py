@@ -463,3 +463,35 @@ def test_remat_as_method_style_decorator_on_module_call():
     ref = jax.grad(net_math)(b.inner.w.value, b.inner.b.value, b.inner.scale.value, X)
     close(grads["inner"]["w"].value, ref)
     assert int(b.inner.calls.value) == 1
+
+
+def test_grad_of_a_plain_pytree_of_variables_differentiates_all_of_them_as_flax_does():
+    # A State or dict of Variables is a plain pytree (no graph node holds them): flax
+    # differentiates every Variable in it, so its documented recipe of gradients with respect
+    # to a State of Perturbations gives non-empty gradients. Variables inside a Module in the
+    # same argument keep the Param default.
+    flax_nnx = pytest.importorskip("flax.nnx")
+
+    def run(lib):
+        class M(lib.Module):
+            def __init__(self):
+                self.p = lib.Perturbation(jnp.ones(2))
+                self.w = lib.Param(jnp.full(2, 2.0))
+
+        st = lib.State({"a": lib.Perturbation(jnp.ones(2)), "b": lib.BatchStat(jnp.ones(2))})
+
+        def loss(x, s, m):
+            return (s["a"][...] * 3 + s["b"][...] * x + m[0].p[...] * m[0].w[...]).sum()
+
+        g_state, g_list = lib.grad(loss, argnums=(1, 2))(2.0, st, [M()])
+        return (
+            {k: np.asarray(v[...]) for k, v in g_state.items()},
+            {k: np.asarray(v[...]) for k, v in g_list[0].items()},
+        )
+
+    ours, theirs = run(nnx), run(flax_nnx)
+    assert ours[0].keys() == theirs[0].keys() == {"a", "b"}
+    assert ours[1].keys() == theirs[1].keys() == {"w"}
+    for a, b in zip(ours, theirs, strict=True):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k])
