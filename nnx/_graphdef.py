@@ -15,6 +15,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Hashable, Mapping
 from itertools import repeat
+from types import GenericAlias
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -68,7 +69,10 @@ class GraphDef:
     """The static structure of an object graph: types, static attributes, sharing. No arrays.
 
     Immutable, hashable, and equal for equal structures, so it can key a ``jax.jit`` cache.
+    ``GraphDef[Linear]`` may be written in type hints (the parameter is not checked).
     """
+
+    __class_getitem__ = classmethod(GenericAlias)
 
     __slots__ = (
         "_build_plan",
@@ -155,8 +159,11 @@ class GraphDef:
             name = {_LEAF: "array", _STATIC: "static"}.get(root[0], "ref")
         return f"GraphDef({name}, nodes={self.num_nodes}, leaves={len(self.leaf_paths)})"
 
-    def apply(self, state: Mapping, *states: Mapping) -> _CallProxy:
-        """Functional call: ``out, (graphdef, new_state) = graphdef.apply(state)(x)``."""
+    def apply(self, state: Mapping, *states: Mapping, graph: bool | None = None) -> _CallProxy:
+        """Functional call: ``out, (graphdef, new_state) = graphdef.apply(state)(x)``.
+
+        ``graph`` is accepted for flax compatibility; the call works the same either way.
+        """
         from .graph import _CallProxy  # the public API sits above this module
 
         return _CallProxy(self, (state, *states), ())
@@ -226,6 +233,7 @@ def _build(
     metas: list | None = None,
     reuse: Mapping[int, Any] | None = None,
     nodes_out: list | None = None,
+    recreate: bool = True,
 ) -> Any:
     """Builds the graph of `graphdef` from `leaves` (in GraphDef order).
 
@@ -235,12 +243,14 @@ def _build(
       reuse: node index -> existing object to update in place instead of creating a new one
         (how transforms write structural changes back into the caller's objects).
       nodes_out: if given, receives the node table (the object built for each index).
+      recreate: wrap raw leaves in the Variable type the GraphDef records; with False a raw
+        leaf is placed as it is (flax's ``recreate_variables``).
     """
     if not reuse:
         plan = graphdef._build_plan
         if plan is None:
             plan = graphdef._build_plan = _BuildPlan(graphdef)
-        return plan.run(leaves, copy, metas, nodes_out)
+        return plan.run(leaves, copy, metas, nodes_out, recreate)
     nodes: list[Any] = [None] * graphdef.num_nodes
     it = iter(leaves)
     meta_it = iter(metas) if metas is not None else None
@@ -262,7 +272,8 @@ def _build(
                     _replace_metadata(old, meta)
                 var = old
             else:
-                var = _leaf_object(vtype, leaf, copy, meta)
+                keep = recreate or isinstance(leaf, Variable)
+                var = _leaf_object(vtype if keep else None, leaf, copy, meta)
             nodes[i] = var
             return var
         if tag == _LEAF:
@@ -475,7 +486,14 @@ class _BuildPlan:
         self.root = at(root)
         self.template, self.colls = template, colls
 
-    def run(self, leaves: list, copy: bool, metas: list | None, nodes_out: list | None) -> Any:
+    def run(
+        self,
+        leaves: list,
+        copy: bool,
+        metas: list | None,
+        nodes_out: list | None,
+        recreate: bool = True,
+    ) -> Any:
         n = self.num_leaves
         if len(leaves) != n:
             raise GraphDefMismatchError(f"got {len(leaves)} leaves for a GraphDef of {n}.")
@@ -494,6 +512,8 @@ class _BuildPlan:
             for pos, (vtype, leaf, meta) in enumerate(
                 zip(self.leaf_types, leaves, meta_list, strict=True)
             ):
+                if not recreate and not isinstance(leaf, Variable):
+                    vtype = None  # flax's recreate_variables=False: the raw value as it is
                 table[pos] = _leaf_object(vtype, leaf, copy, meta)
         get = table.__getitem__
         for pos, treedef, idxs in self.trees:

@@ -17,7 +17,8 @@ The core lives in three files:
   cache (``_flatten_cached``);
 * ``graph.py`` (this file): the public API: ``split``, ``merge``, ``state``, ``update``,
   ``pop``, ``clone``, ``graphdef``, ``flatten``/``unflatten``, ``iter_graph``,
-  ``iter_children``, ``call``, ``is_node``.
+  ``iter_children``, ``iter_module_children``, ``unpack``/``GraphState``, ``call``,
+  ``is_node``.
 
 Example:
   >>> class Block(nnx.Module):
@@ -36,10 +37,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
+from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 
 from ._flatten import (
     _Flat,
@@ -52,6 +54,9 @@ from ._flatten import (
 )
 from ._flatten import _flatten_full as _flatten_full  # used by the transforms and nn.lazy
 from ._flatten import _write_slot as _write_slot  # used by the transforms
+from ._graph_mode import check_tree as _check_tree
+from ._graph_mode import find_duplicates as find_duplicates
+from ._graph_mode import graph_mode as _graph_mode
 from ._graphdef import (
     _OBJ,
     GraphDef,
@@ -76,6 +81,7 @@ from .errors import (
 from .filters import Filter
 from .pytreelib import Dict, List, Pytree, is_array
 from .state import (
+    FlatState,
     State,
     _flat_pairs,
     _from_plan,
@@ -84,25 +90,37 @@ from .state import (
     _split_pairs,
     from_flat_state,
 )
+from .state import _flatten as _state_flatten
+from .state import _flatten_with_keys as _state_flatten_with_keys
+from .state import _unflatten as _state_unflatten
 from .variablelib import Variable, _check_frame, _Tracer
 
 __all__ = [
     "GraphDef",
+    "GraphState",
     "call",
     "clone",
+    "find_duplicates",
     "flatten",
     "graphdef",
     "is_node",
     "iter_children",
     "iter_graph",
+    "iter_module_children",
     "merge",
     "pop",
     "split",
     "state",
     "unflatten",
+    "unpack",
     "update",
     "variables",
 ]
+
+
+Node = TypeVar("Node")
+# flax.nnx.PureState: what ``split`` returns without filters, for annotations.
+PureState = tuple[GraphDef[Node], State]
 
 
 def is_node(value: Any) -> bool:
@@ -111,43 +129,129 @@ def is_node(value: Any) -> bool:
 
 
 # -- public API: flatten / unflatten ------------------------------------------------------
-def flatten(node: Any) -> tuple[GraphDef, list[tuple[Path, Any]]]:
-    """Flattens an object graph into its GraphDef and its (path, leaf) pairs.
+def _tree_mode(graph: bool | None) -> bool:
+    """True when a ``graph=`` argument asks for flax's tree mode (``False``, or ``None``
+    under ``nnx.set_graph_mode(False)``)."""
+    return graph is False or (graph is None and not _graph_mode(None))
 
-    The leaves are the graph's own Variables (not copies); use :func:`split` for a snapshot.
+
+_INDEX_MAPS = (
+    "nnx.{fn} got {name}={value!r}: flax.nnx's {name} passes its internal reference maps "
+    "between calls, which nnx does not expose (its flatten keeps shared references by "
+    "itself, across calls too).\nFix: drop {name} (leave it None); to flatten several "
+    "objects that share references, flatten them together, e.g. nnx.flatten((a, b))."
+)
+
+
+def flatten(
+    node: Any,
+    /,
+    *,
+    with_paths: bool = True,
+    ref_index: Any = None,
+    ref_outer_index: Any = None,
+    graph: bool | None = None,
+) -> tuple[GraphDef, FlatState | list[Any]]:
+    """Flattens an object graph into its GraphDef and its leaves.
+
+    Args:
+      node: the root of the graph.
+      with_paths: return a :class:`FlatState` of ``(path, leaf)`` pairs whose leaves are the
+        graph's own Variables (not copies; use :func:`split` for a snapshot); with ``False``,
+        the plain list of the Variables' raw values, in GraphDef order.
+      ref_index: must be None (see Raises).
+      ref_outer_index: must be None (see Raises).
+      graph: ``False`` refuses shared references and cycles, as flax's tree mode does.
+
+    Raises:
+      ArgumentError: `ref_index` or `ref_outer_index` is given (flax's internal reference
+        maps are not part of nnx), or ``graph=False`` and the graph shares references.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> graphdef, flat = nnx.flatten(model)
+      >>> flat.paths, flat[1][1] is model.kernel
+      ((('bias',), ('kernel',)), True)
+      >>> _, leaves = nnx.flatten(model, with_paths=False)
+      >>> [x.shape for x in leaves]
+      [(3,), (2, 3)]
     """
+    if ref_index is not None or ref_outer_index is not None:
+        name = "ref_index" if ref_index is not None else "ref_outer_index"
+        value = ref_index if ref_index is not None else ref_outer_index
+        raise ArgumentError(_INDEX_MAPS.format(fn="flatten", name=name, value=value))
+    if _tree_mode(graph):
+        _check_tree(node, "flatten")
     flat = _flatten_cached(node)
-    return flat.graphdef, list(zip(flat.paths, flat.leaves, strict=True))
+    if not with_paths:
+        return flat.graphdef, [
+            leaf._value if isinstance(leaf, Variable) else leaf for leaf in flat.leaves
+        ]
+    return flat.graphdef, FlatState(zip(flat.paths, flat.leaves, strict=True), sort=False)
 
 
-def unflatten(graphdef: GraphDef, state: Mapping | list, *, copy: bool = False) -> Any:
+def unflatten(
+    graphdef: GraphDef,
+    state: Mapping | FlatState | list,
+    /,
+    *,
+    index_ref: Any = None,
+    outer_index_outer_ref: Any = None,
+    copy_variables: bool = False,
+    recreate_variables: bool = True,
+) -> Any:
     """Rebuilds an object graph from a GraphDef and a State (or a list of leaves in order).
 
     Args:
       graphdef: the structure, from :func:`split` or :func:`graphdef`.
-      state: a State covering exactly the GraphDef's leaves, or the leaves as a list in
-        GraphDef order (raw values are wrapped in the Variable type the GraphDef records).
-      copy: copy Variables out of `state` so the new graph does not alias it (by default it
-        adopts them, as :func:`merge` does).
+      state: a State (or FlatState) covering exactly the GraphDef's leaves, or the leaves as
+        a list in GraphDef order.
+      index_ref: must be None (flax's internal reference map; see :func:`flatten`).
+      outer_index_outer_ref: must be None (as `index_ref`).
+      copy_variables: copy Variables out of `state` so the new graph does not alias it (by
+        default it adopts them, as :func:`merge` does).
+      recreate_variables: wrap raw values in the Variable type the GraphDef records (the
+        default); with ``False`` a raw value is set as it is, in place of the Variable.
 
     Raises:
       GraphDefMismatchError: the state's paths are not those of the GraphDef.
+      ArgumentError: `index_ref` or `outer_index_outer_ref` is given.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> graphdef, leaves = nnx.flatten(model, with_paths=False)
+      >>> type(nnx.unflatten(graphdef, leaves).kernel).__name__
+      'Param'
+      >>> type(nnx.unflatten(graphdef, leaves, recreate_variables=False).kernel).__name__
+      'ArrayImpl'
     """
-    if isinstance(state, Mapping):
+    if index_ref is not None or outer_index_outer_ref is not None:
+        name = "index_ref" if index_ref is not None else "outer_index_outer_ref"
+        value = index_ref if index_ref is not None else outer_index_outer_ref
+        raise ArgumentError(_INDEX_MAPS.format(fn="unflatten", name=name, value=value))
+    if isinstance(state, FlatState):
+        if state.paths == graphdef.leaf_paths:
+            leaves = list(state.leaves)
+        else:
+            leaves = _leaves_for(graphdef, [from_flat_state(state)])
+    elif isinstance(state, Mapping):
         leaves = _leaves_for(graphdef, [state])
     else:
         leaves = list(state)
         if len(leaves) != len(graphdef.leaf_paths):
             raise GraphDefMismatchError(
                 f"unflatten got {len(leaves)} leaves but the GraphDef has "
-                f"{len(graphdef.leaf_paths)}."
+                f"{len(graphdef.leaf_paths)}.\nFix: pass the leaves that nnx.flatten(model, "
+                "with_paths=False) returned, all of them, in their order."
             )
-    return _build(graphdef, leaves, copy)
+    return _build(graphdef, leaves, copy_variables, recreate=recreate_variables)
 
 
 # -- public API: split / merge / state / update -------------------------------------------
-def graphdef(node: Any, /) -> GraphDef:
-    """The GraphDef of an object graph."""
+def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
+    """The GraphDef of an object graph (``graph=False``: refuse shared references)."""
+    if _tree_mode(graph):
+        _check_tree(node, "graphdef")
     return _flatten_cached(node).graphdef
 
 
@@ -173,15 +277,19 @@ def _snapshot_state(flat: _Flat) -> State:
     return _from_plan(plan, leaves)
 
 
-def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
+def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple[Any, ...]:
     """Splits an object graph into its GraphDef and State(s).
 
     With filters, one State per filter (each leaf goes to the first filter it matches); the
     filters must cover the whole state. The States hold copies of the Variables: later changes
     to the model do not change them (a saved State rolls the model back).
 
+    ``graph=False`` (or ``nnx.set_graph_mode(False)``) adds flax's tree-mode check: a graph
+    with shared references or cycles is refused, naming every duplicate path.
+
     Raises:
       FilterError: the filters leave some leaves unmatched.
+      ArgumentError: ``graph=False`` and the graph shares references.
 
     Example:
       >>> class M(nnx.Module):
@@ -192,6 +300,8 @@ def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
       >>> list(params), list(rest)
       (['w'], ['n'])
     """
+    if graph is False or (graph is None and not _graph_mode(None)):
+        _check_tree(node, "split")
     flat = _flatten_cached(node)
     if not filters:
         return flat.graphdef, _snapshot_state(flat)
@@ -199,7 +309,13 @@ def split(node: Any, /, *filters: Filter) -> tuple[Any, ...]:
     return (flat.graphdef, *_split_pairs(pairs, filters, exhaustive=True))
 
 
-def merge(graphdef: GraphDef, state: Mapping, /, *states: Mapping, copy: bool = False) -> Any:
+def merge(
+    graphdef_or_graphstate: GraphDef | GraphState,
+    /,
+    *states: Any,
+    copy: bool = False,
+    recreate_variables: bool = True,
+) -> Any:
     """Builds a new object graph from a GraphDef and the State(s) that :func:`split` returned.
 
     As in flax.nnx, the new graph adopts the states' Variable objects (no copies): changing
@@ -207,20 +323,61 @@ def merge(graphdef: GraphDef, state: Mapping, /, *states: Mapping, copy: bool = 
     shares nothing with the state. (:func:`split` and :func:`state` already return
     snapshots, so merging them never aliases the model they came from.)
 
+    Args:
+      graphdef_or_graphstate: a GraphDef, followed by its State(s); or a :class:`GraphState`
+        from :func:`unpack`, followed by the other GraphStates of the same unpack.
+      *states: the States (one may also be the list of leaves in GraphDef order).
+      copy: copy the Variables instead of adopting them.
+      recreate_variables: wrap raw values in their Variable type (the default); with
+        ``False`` they are set as they are.
+
     Raises:
+      MergeError: the first argument is neither a GraphDef nor a GraphState, GraphStates are
+        mixed with plain States, or no state is given.
       GraphDefMismatchError: the states' paths or Variable types do not fit the GraphDef.
     """
-    if not isinstance(graphdef, GraphDef):
+    if isinstance(graphdef_or_graphstate, GraphDef):
+        graphdef_ = graphdef_or_graphstate
+    elif isinstance(graphdef_or_graphstate, GraphState):
+        graphdef_ = graphdef_or_graphstate._graphdef
+        states = (graphdef_or_graphstate, *states)
+        if any(
+            not isinstance(s, GraphState) or s._graphdef != graphdef_ for s in states
+        ):
+            raise MergeError(
+                "merge got a GraphState first, so every state must be a GraphState of the "
+                "same nnx.unpack (same GraphDef).\nFix: nnx.merge(*nnx.unpack(model, "
+                "filter1, filter2)), or nnx.merge(graphdef, *states) with plain States."
+            )
+        states = tuple(s._state for s in states)
+    else:
         raise MergeError(
-            f"merge expects a GraphDef first, got {type(graphdef).__name__}. "
-            "Fix: graphdef, state = nnx.split(model); nnx.merge(graphdef, state)."
+            f"merge expects a GraphDef first, got {type(graphdef_or_graphstate).__name__}. "
+            "Fix: graphdef, state = nnx.split(model); nnx.merge(graphdef, state) (or "
+            "nnx.merge(*nnx.unpack(model)) with GraphStates)."
         )
-    leaves = _leaves_for(graphdef, [state, *states])
-    return _build(graphdef, leaves, copy)
+    if not states:
+        raise MergeError(
+            f"merge got a GraphDef ({graphdef_._summary()}) but no state.\nFix: pass every "
+            "state that nnx.split returned: nnx.merge(graphdef, *states)."
+        )
+    if isinstance(states[0], list):
+        if len(states) != 1:
+            raise MergeError(
+                "merge got a list of leaves and more states; a list must be the only state."
+                "\nFix: nnx.merge(graphdef, leaves), with every leaf in GraphDef order."
+            )
+        return unflatten(
+            graphdef_, states[0], copy_variables=copy, recreate_variables=recreate_variables
+        )
+    leaves = _leaves_for(graphdef_, list(states))
+    return _build(graphdef_, leaves, copy, recreate=recreate_variables)
 
 
-def state(node: Any, /, *filters: Filter) -> Any:
+def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     """A snapshot State of the graph's Variables; with filters, only what they select.
+
+    ``graph=False`` refuses a graph with shared references, as in :func:`split`.
 
     Example:
       >>> class M(nnx.Module):
@@ -230,6 +387,8 @@ def state(node: Any, /, *filters: Filter) -> Any:
       >>> list(nnx.state(M(), nnx.BatchStat))
       ['n']
     """
+    if graph is False or (graph is None and not _graph_mode(None)):
+        _check_tree(node, "state")
     flat = _flatten_cached(node)
     if not filters:
         return _snapshot_state(flat)
@@ -238,7 +397,7 @@ def state(node: Any, /, *filters: Filter) -> Any:
     return states[0] if len(filters) == 1 else states
 
 
-def variables(node: Any, /, *filters: Filter) -> Any:
+def variables(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     """A State of the graph's own Variable objects (not copies); with filters, only what
     they select.
 
@@ -254,6 +413,8 @@ def variables(node: Any, /, *filters: Filter) -> Any:
       >>> model.bias.value
       Array([1., 1., 1.], dtype=float32)
     """
+    if graph is False or (graph is None and not _graph_mode(None)):
+        _check_tree(node, "variables")
     flat = _flatten_cached(node)
     pairs = list(zip(flat.paths, flat.leaves, strict=True))
     if not filters:
@@ -262,7 +423,7 @@ def variables(node: Any, /, *filters: Filter) -> Any:
     return states[0] if len(filters) == 1 else states
 
 
-def update(node: Any, /, *states: Mapping) -> None:
+def update(node: Any, state: Mapping, /, *states: Mapping) -> None:
     """Writes the values (and metadata) of `states` into the graph's Variables, in place.
 
     Every state path must exist in the graph, with the same Variable type and shape. Checked
@@ -282,6 +443,7 @@ def update(node: Any, /, *states: Mapping) -> None:
       >>> m.w.value.tolist()
       [1.0, 1.0]
     """
+    states = (state, *states)
     flat = _flatten_cached(node)
     index = flat.index()
     fast = _update_plan_fast(flat, index, states)
@@ -401,7 +563,7 @@ def _update_plan_fast(
     return plan
 
 
-def pop(node: Any, /, *filters: Filter) -> Any:
+def pop(node: Any, *filters: Filter) -> Any:
     """Removes the Variables selected by `filters` from the graph and returns them.
 
     Returns one State per filter (a single State for one filter).
@@ -477,12 +639,59 @@ def _tree_children(value: Any) -> list[Any]:
     return jax.tree_util.tree_leaves(value, is_leaf=lambda x: is_node(x) or isinstance(x, Variable))
 
 
-def clone(node: Any, /) -> Any:
-    """A deep, independent copy of an object graph (sharing inside it is preserved)."""
-    return merge(*split(node))
+def clone(
+    node: Any, variables: bool = True, *, arrays: bool = False, graph: bool | None = None
+) -> Any:
+    """A copy of an object graph (sharing inside it is preserved).
+
+    Args:
+      node: the root of the graph.
+      variables: new Variable objects (the default); with ``False`` the copy holds the very
+        Variables of `node` (a new structure over the same state).
+      arrays: also copy the arrays, so the copy owns its buffers (needed to donate both to
+        ``jax.jit(donate_argnums=...)``); by default new Variables hold the same arrays,
+        which is cheap and safe, since arrays are immutable.
+      graph: ``False`` refuses a graph with shared references, as in :func:`split`.
+
+    Raises:
+      ArgumentError: ``arrays=True`` with ``variables=False``.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> copy = nnx.clone(model)
+      >>> copy.kernel is model.kernel, copy.kernel.value is model.kernel.value
+      (False, True)
+      >>> nnx.clone(model, arrays=True).kernel.value is model.kernel.value
+      False
+      >>> nnx.clone(model, variables=False).kernel is model.kernel
+      True
+    """
+    if arrays and not variables:
+        raise ArgumentError(
+            f"nnx.clone({type(node).__name__}, variables=False, arrays=True): copying the "
+            "arrays needs new Variables to hold them.\nFix: drop variables=False, or drop "
+            "arrays=True to share both Variables and arrays."
+        )
+    if graph is False or (graph is None and not _graph_mode(None)):
+        _check_tree(node, "clone")
+    flat = _flatten_cached(node)
+    if not variables:
+        return _build(flat.graphdef, list(flat.leaves), False)
+    if arrays:  # tree_map rebuilds each Variable: new objects around the copied arrays
+        leaves = jax.tree_util.tree_map(_copy_array, list(flat.leaves))
+    else:
+        leaves = [
+            leaf.copy() if slot is None else leaf
+            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
+        ]
+    return _build(flat.graphdef, leaves, False)
 
 
-def iter_graph(node: Any, /) -> Iterator[tuple[Path, Any]]:
+def _copy_array(x: Any) -> Any:
+    return jnp.copy(x) if isinstance(x, jax.Array) else x
+
+
+def iter_graph(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Path, Any]]:
     """Yields ``(path, value)`` for every node, Variable and array leaf, each once, children
     before their parent (the root comes last, with path ``()``).
 
@@ -493,6 +702,12 @@ def iter_graph(node: Any, /) -> Iterator[tuple[Path, Any]]:
       >>> [(p, type(v).__name__) for p, v in nnx.iter_graph([M()])]
       [((0, 'w'), 'Param'), ((0,), 'M')]
     """
+    if graph is False or (graph is None and not _graph_mode(None)):
+        _check_tree(node, "iter_graph")
+    return _iter_graph(node)
+
+
+def _iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
     seen: set[int] = set()
 
     def walk(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
@@ -523,13 +738,14 @@ def iter_graph(node: Any, /) -> Iterator[tuple[Path, Any]]:
     yield from walk(node, ())
 
 
-def iter_children(node: Any, /) -> Iterator[tuple[Hashable, Any]]:
+def iter_children(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Hashable, Any]]:
     """Yields ``(key, child)`` for the direct children of a node that are nodes themselves
     (Modules, Rngs, Lists, Dicts) or Variables, in key order; arrays and static attributes
     are skipped, and nothing deeper is visited (see :func:`iter_graph`).
 
     Raises:
-      ArgumentError: `node` is not a node (a Pytree such as a Module, a List or a Dict).
+      ArgumentError: `node` is not a node (a Pytree such as a Module, a List or a Dict), or
+        ``graph=False`` and the graph under it shares references.
 
     Example:
       >>> class M(nnx.Module):
@@ -540,20 +756,136 @@ def iter_children(node: Any, /) -> Iterator[tuple[Hashable, Any]]:
       >>> [(k, type(v).__name__) for k, v in nnx.iter_children(M())]
       [('layers', 'List'), ('w', 'Param')]
     """
+    return _iter_children(_checked_kind(node, "iter_children", graph), node, False)
+
+
+def iter_module_children(
+    node: Any, /, *, graph: bool | None = None
+) -> Iterator[tuple[Hashable, Any]]:
+    """Like :func:`iter_children`, without the Variables: yields ``(key, child)`` for the
+    direct children that are nodes (Modules, Rngs, Lists, Dicts), in key order.
+
+    Raises:
+      ArgumentError: as :func:`iter_children`.
+
+    Example:
+      >>> class M(nnx.Module):
+      ...   def __init__(self):
+      ...     self.w = nnx.Param(jnp.ones(2))
+      ...     self.layers = [nnx.Linear(2, 2, rngs=nnx.Rngs(0))]
+      >>> [(k, type(v).__name__) for k, v in nnx.iter_module_children(M())]
+      [('layers', 'List')]
+    """
+    return _iter_children(_checked_kind(node, "iter_module_children", graph), node, True)
+
+
+def _checked_kind(node: Any, fn_name: str, graph: bool | None) -> int:
     kind = _kind(node)
     if kind is None:
         raise ArgumentError(
-            f"iter_children expects a node (a Module or other nnx.Pytree, an nnx.List or "
+            f"{fn_name} expects a node (a Module or other nnx.Pytree, an nnx.List or "
             f"nnx.Dict), got a {type(node).__name__}.\nFix: for a plain pytree iterate it "
             "directly, or use nnx.iter_graph(value) to walk every node inside it."
         )
-    return _iter_children(node, kind)
+    if graph is False or (graph is None and not _graph_mode(None)):
+        _check_tree(node, fn_name)
+    return kind
 
 
-def _iter_children(node: Any, kind: int) -> Iterator[tuple[Hashable, Any]]:
+def _iter_children(kind: int, node: Any, nodes_only: bool) -> Iterator[tuple[Hashable, Any]]:
     for k, v in _items(node, kind):
-        if is_node(v) or isinstance(v, Variable):
+        if is_node(v) or (not nodes_only and isinstance(v, Variable)):
             yield k, v
+
+
+# -- GraphState: a State that carries its GraphDef -----------------------------------------
+class GraphState(MutableMapping):
+    """A State bundled with the GraphDef it belongs to, as :func:`unpack` returns it.
+
+    It reads like its State (keys, attributes, pytree leaves) and ``nnx.merge`` takes it
+    without a separate GraphDef. The GraphDef is static pytree data.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> params = nnx.unpack(model)
+      >>> params.kernel.shape
+      (2, 3)
+      >>> type(nnx.merge(params)).__name__
+      'Linear'
+    """
+
+    __slots__ = ("_graphdef", "_state")
+
+    def __init__(self, graphdef: GraphDef, state: State, /):
+        if not isinstance(state, State):
+            raise ArgumentError(
+                f"GraphState holds a State, got a {type(state).__name__}.\nFix: build it "
+                "with nnx.unpack(model), or GraphState(graphdef, nnx.State(mapping))."
+            )
+        object.__setattr__(self, "_graphdef", graphdef)
+        object.__setattr__(self, "_state", state)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in GraphState.__slots__:
+            raise AttributeError(name)
+        return getattr(self._state, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._state, name, value)
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self._state[key] = value
+
+    def __delitem__(self, key: Hashable) -> None:
+        del self._state[key]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return f"GraphState({self._graphdef!r}, {self._state!r})"
+
+
+def _graph_state_flatten_with_keys(gs: GraphState) -> tuple[list, tuple]:
+    children, keys = _state_flatten_with_keys(gs._state)
+    return children, (gs._graphdef, keys)
+
+
+def _graph_state_flatten(gs: GraphState) -> tuple[list, tuple]:
+    children, keys = _state_flatten(gs._state)
+    return children, (gs._graphdef, keys)
+
+
+def _graph_state_unflatten(aux: tuple, children: Any) -> GraphState:
+    return GraphState(aux[0], _state_unflatten(aux[1], children))
+
+
+jax.tree_util.register_pytree_with_keys(
+    GraphState, _graph_state_flatten_with_keys, _graph_state_unflatten, _graph_state_flatten
+)
+
+
+def unpack(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
+    """:func:`split` with the GraphDef bundled into each State: one :class:`GraphState`
+    (none or one filter) or a tuple of them (several filters); ``nnx.merge`` takes them back.
+
+    Example:
+      >>> model = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+      >>> params, stats = nnx.unpack(model, nnx.Param, nnx.BatchStat)
+      >>> sorted(stats)
+      ['mean', 'var']
+      >>> type(nnx.merge(params, stats)).__name__
+      'BatchNorm'
+    """
+    graphdef_, *states = split(node, *filters, graph=graph)
+    packed = tuple(GraphState(graphdef_, s) for s in states)
+    return packed[0] if len(packed) == 1 else packed
 
 
 # -- functional calls ---------------------------------------------------------------------

@@ -34,10 +34,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
+import jax
 import jax.numpy as jnp
 
+from ._graph_mode import check_tree, graph_mode
 from .errors import ArgumentError, AttributeNotFoundError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
@@ -48,6 +50,8 @@ __all__ = ["Module", "iter_modules"]
 
 Path = tuple[Hashable, ...]
 
+
+M = TypeVar("M", bound="Module")  # flax.nnx.M: "some Module subclass" in annotations
 
 def _append(old: tuple, value: Any) -> tuple:
     return (*old, value)
@@ -67,11 +71,16 @@ class Module(Pytree):
         value: Any,
         reduce_fn: Callable[[Any, Any], Any] = _append,
         init_fn: Callable[[], Any] = _empty,
-    ) -> None:
-        """Stores an intermediate value in a Variable attribute `name`.
+    ) -> bool:
+        """Stores an intermediate value in a Variable attribute `name`; returns True.
 
         By default values accumulate in a tuple: the first call stores ``(value,)``, the next
-        ``(value0, value1)``. Retrieve them with ``nnx.pop(model, nnx.Intermediate)``.
+        ``(value0, value1)``. Retrieve them with ``nnx.pop(model, nnx.Intermediate)``. As in
+        flax.nnx, an existing attribute `name` must hold a Variable of exactly
+        `variable_type` (an attribute set to None counts as absent).
+
+        Raises:
+          ArgumentError: `name` holds something else (another value or Variable type).
 
         Example:
           >>> class M(nnx.Module):
@@ -87,7 +96,7 @@ class Module(Pytree):
         current = self.__dict__.get(name)
         if current is None:
             setattr(self, name, variable_type(reduce_fn(init_fn(), value)))
-        elif isinstance(current, variable_type):
+        elif type(current) is variable_type:
             current.value = reduce_fn(current.value, value)
         else:
             vtype = variable_type.__name__
@@ -96,16 +105,43 @@ class Module(Pytree):
                     cls=type(self).__name__, vtype=vtype, name=name, held=type(current).__name__
                 )
             )
+        return True
 
-    def perturb(self, name: str, value: Any, variable_type: type[Variable] = Perturbation) -> Any:
+    def perturb(
+        self, name: str, value: Any, variable_type: str | type[Variable] = Perturbation
+    ) -> Any:
         """Adds a zero-valued Variable `name` to `value`, so gradients w.r.t. that Variable are
         gradients w.r.t. the intermediate `value`.
 
         The first call creates the Variable (zeros of the value's shape and dtype).
+
+        Raises:
+          ArgumentError: `name` already holds something that is not a `variable_type`.
+
+        Example:
+          >>> class M(nnx.Module):
+          ...   def __call__(self, x):
+          ...     return self.perturb('h', x * 2)
+          >>> m = M(); _ = m(jnp.ones(2))
+          >>> type(m.h).__name__, m.h.value.tolist()
+          ('Perturbation', [0.0, 0.0])
         """
-        if name not in self.__dict__:
-            setattr(self, name, variable_type(jnp.zeros_like(value)))
-        return value + getattr(self, name).value
+        if isinstance(variable_type, str):
+            variable_type = variable_type_from_name(variable_type, allow_register=True)
+        current = self.__dict__.get(name)
+        if current is None:
+            current = variable_type(jax.tree.map(jnp.zeros_like, value))
+            setattr(self, name, current)
+        elif not isinstance(current, variable_type):
+            raise ArgumentError(
+                _SOW_CONFLICT.format(
+                    cls=type(self).__name__,
+                    vtype=variable_type.__name__,
+                    name=name,
+                    held=type(current).__name__,
+                ).replace("sow", "perturb")
+            )
+        return current.value + value
 
     def iter_modules(self) -> Iterator[tuple[Path, Module]]:
         """Yields ``(path, module)`` for this module and every sub-module, each once,
@@ -120,13 +156,18 @@ class Module(Pytree):
                 yield name, value
 
     def set_attributes(
-        self, *filters: Filter, raise_if_not_found: bool = True, **attributes: Any
+        self,
+        *filters: Filter,
+        raise_if_not_found: bool = True,
+        graph: bool | None = None,
+        **attributes: Any,
     ) -> None:
         """Sets attributes on this module and its sub-modules that already have them.
 
         Args:
           *filters: restrict to modules matching any filter (by type, path...); all by default.
           raise_if_not_found: raise if some attribute exists on no selected module.
+          graph: ``False`` refuses a model with shared references (flax's tree mode).
           **attributes: the attributes and their new values.
 
         Example:
@@ -141,7 +182,9 @@ class Module(Pytree):
         """
         predicates = [to_predicate(f) for f in filters]
         targets: list[tuple[Module, str]] = []
-        for path, module in iter_modules(self):
+        if graph is False or (graph is None and not graph_mode(None)):
+            check_tree(self, "set_attributes")
+        for path, module in _iter_modules(self):
             if predicates and not any(p(path, module) for p in predicates):
                 continue
             targets += [(module, name) for name in attributes if name in module.__dict__]
@@ -160,7 +203,11 @@ class Module(Pytree):
 
     def train(self, **attributes: Any) -> None:
         """Training mode: ``deterministic=False`` (Dropout) and ``use_running_average=False``
-        (BatchNorm) wherever a sub-module has them, plus any extra `attributes`."""
+        (BatchNorm) wherever a sub-module has them, plus any extra `attributes`.
+
+        Unlike flax.nnx, an extra attribute that no sub-module has raises (a typo would
+        otherwise be ignored silently).
+        """
         self.set_attributes(
             deterministic=False, use_running_average=False, raise_if_not_found=False
         )
@@ -168,13 +215,14 @@ class Module(Pytree):
             self.set_attributes(**attributes)
 
     def eval(self, **attributes: Any) -> None:
-        """Evaluation mode: ``deterministic=True``, ``use_running_average=True``."""
+        """Evaluation mode: ``deterministic=True``, ``use_running_average=True`` (extra
+        `attributes` as in :meth:`train`)."""
         self.set_attributes(deterministic=True, use_running_average=True, raise_if_not_found=False)
         if attributes:
             self.set_attributes(**attributes)
 
 
-def iter_modules(module: Any, /) -> Iterator[tuple[Path, Module]]:
+def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Path, Module]]:
     """Yields ``(path, module)`` for every Module in a graph, the argument included.
 
     Each Module is reported once (at the first path it is reached by, so a shared layer
@@ -185,6 +233,7 @@ def iter_modules(module: Any, /) -> Iterator[tuple[Path, Module]]:
 
     Args:
       module: the root of the graph to walk.
+      graph: ``False`` refuses a graph with shared references (flax's tree mode).
 
     Example:
       >>> class Block(nnx.Module):
@@ -197,6 +246,12 @@ def iter_modules(module: Any, /) -> Iterator[tuple[Path, Module]]:
       ('linear',) Linear
       () Block
     """
+    if graph is False or (graph is None and not graph_mode(None)):
+        check_tree(module, "iter_modules")
+    return _iter_modules(module)
+
+
+def _iter_modules(module: Any) -> Iterator[tuple[Path, Module]]:
     for path, value in iter_graph(module):
         if isinstance(value, Module):
             yield path, value

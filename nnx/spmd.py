@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 
 import jax
 
+from ._graph_mode import check_tree, graph_mode
+
 # The machinery lives one and two floors down, so that variablelib.py, transforms/ and nn/
 # reach it without reaching up here; nnx.spmd is its public face (and keeps the private
 # names other modules used to import from it).
@@ -105,7 +107,7 @@ def with_partitioning(
 # -- abstract values ------------------------------------------------------------------------
 
 
-def as_abstract(tree: T) -> T:
+def as_abstract(tree: T, graph: bool | None = None) -> T:
     """A copy of `tree` whose abstract, annotated Variables carry their shardings.
 
     For abstract models built without a mesh in sight: each annotated Variable holding a
@@ -113,8 +115,13 @@ def as_abstract(tree: T) -> T:
     metadata or the mesh of ``jax.set_mesh``. (``nnx.eval_shape`` already does this when a
     mesh is known.)
 
+    Args:
+      tree: a model, a State, or any pytree of Variables.
+      graph: ``False`` refuses a model with shared references (flax's tree mode).
+
     Raises:
       ShardingError: an annotated Variable has no mesh and none is set.
+      ArgumentError: ``graph=False`` and `tree` shares references.
 
     Example:
       >>> mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))
@@ -128,6 +135,8 @@ def as_abstract(tree: T) -> T:
       >>> abstract.kernel.value.sharding.spec
       P('data', 'model')
     """
+    if graph is False or (graph is None and not graph_mode(None)):
+        check_tree(tree, "as_abstract")
     if is_node(tree):
         graphdef, state = split(tree)
         _shard_abstract(state, annotated_only=True, root=type(tree).__name__)

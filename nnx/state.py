@@ -17,7 +17,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from typing import Any
 
 import jax
@@ -54,7 +62,10 @@ class State(MutableMapping):
     """A nested mapping of Variables, usable as a JAX pytree.
 
     Args:
-      mapping: a (nested) mapping; inner mappings become States.
+      mapping: a (nested) mapping, or an iterable of ``(key, value)`` pairs; inner mappings
+        become States.
+      _copy: copy `mapping` (the default); with ``False`` a plain dict is adopted as this
+        State's storage (flax's fast path for code that just built the dict).
     """
 
     # _nnx_stamp: unset (reads 0) until a graph's flatten watches this State (a State held
@@ -62,9 +73,22 @@ class State(MutableMapping):
     # after each change, so the flatten cache notices without comparing the State's items.
     __slots__ = ("_mapping", "_nnx_stamp")
 
-    def __init__(self, mapping: Mapping | Sequence[tuple[Hashable, Any]] = (), /):
+    def __init__(
+        self,
+        mapping: Mapping | Iterable[tuple[Hashable, Any]] = (),
+        /,
+        *,
+        _copy: bool = True,
+    ):
+        if not _copy and type(mapping) is dict:
+            data = mapping
+            for key, value in data.items():
+                if isinstance(value, Mapping) and not isinstance(value, State):
+                    data[key] = State(value, _copy=False)
+            object.__setattr__(self, "_mapping", data)
+            return
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
-        data: dict = {}
+        data = {}
         for key, value in items:
             if isinstance(value, Mapping) and not isinstance(value, State):
                 value = State(value)
@@ -176,14 +200,14 @@ class State(MutableMapping):
         """Merges states; where paths collide the later state wins."""
         return merge_state(state, *states)
 
-    def map(self, fn: Callable[[Path, Any], Any]) -> State:
-        """A new State with ``fn(path, leaf)`` in place of each leaf."""
-        return from_flat_state([(p, fn(p, leaf)) for p, leaf in _flat_pairs(self)])
+    def map(self, f: Callable[[Path, Any], Any]) -> State:
+        """A new State with ``f(path, leaf)`` in place of each leaf."""
+        return from_flat_state([(p, f(p, leaf)) for p, leaf in _flat_pairs(self)])
 
     # -- pure dicts -------------------------------------------------------------------
-    def to_pure_dict(self) -> dict:
+    def to_pure_dict(self, extract_fn: Callable[[Any], Any] | None = None) -> dict:
         """Nested plain dicts of raw values (no Variables): what most tools expect."""
-        return to_pure_dict(self)
+        return to_pure_dict(self, extract_fn)
 
     def replace_by_pure_dict(
         self, pure_dict: Mapping, replace_fn: Callable[[Any, Any], Any] | None = None
@@ -210,14 +234,23 @@ jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _
 
 
 class FlatState(Sequence):
-    """A flat, ordered view of a State: a sequence of ``(path, leaf)`` pairs."""
+    """A flat, ordered view of a State: a sequence of ``(path, leaf)`` pairs.
+
+    Args:
+      items: the ``(path, leaf)`` pairs (or a ``{path: leaf}`` mapping).
+      sort: sort the pairs by path (in nnx's key order: ints before strings); flax.nnx
+        requires this argument, nnx keeps the given order by default.
+    """
 
     __slots__ = ("_pairs",)
 
-    def __init__(self, pairs: Any = ()):
-        if isinstance(pairs, Mapping):
-            pairs = pairs.items()
-        self._pairs = [(tuple(p), v) for p, v in pairs]
+    def __init__(self, items: Iterable[tuple[Path, Any]] | Mapping = (), /, *, sort: bool = False):
+        if isinstance(items, Mapping):
+            items = items.items()
+        pairs = [(tuple(p), v) for p, v in items]
+        if sort:
+            pairs.sort(key=lambda pv: tuple(map(_sort_key, pv[0])))
+        self._pairs = pairs
 
     def __getitem__(self, i):  # type: ignore[override]
         return self._pairs[i]
@@ -267,12 +300,23 @@ def to_flat_state(state: Mapping) -> FlatState:
     return FlatState(_flat_pairs(state))
 
 
-def from_flat_state(flat: Any) -> State:
-    """Builds a nested State from (path, leaf) pairs, a FlatState, or a {path: leaf} dict."""
-    if isinstance(flat, Mapping):
-        flat = flat.items()
+def from_flat_state(
+    flat_state: Mapping | Iterable[tuple[Path, Any]], *, cls: type[State] = State
+) -> State:
+    """Builds a nested State from (path, leaf) pairs, a FlatState, or a {path: leaf} dict.
+
+    Args:
+      flat_state: the pairs.
+      cls: the State class to build (a subclass of :class:`State`).
+
+    Example:
+      >>> nnx.from_flat_state([(('a', 0), 1), (('b',), 2)])['a'][0]
+      1
+    """
+    if isinstance(flat_state, Mapping):
+        flat_state = flat_state.items()
     root: dict = {}
-    for path, leaf in flat:
+    for path, leaf in flat_state:
         node = root
         for key in path[:-1]:
             child = node.get(key)
@@ -280,14 +324,14 @@ def from_flat_state(flat: Any) -> State:
                 child = node[key] = {}
             node = child
         node[path[-1]] = leaf
-    return _wrap_nested(root)
+    return _wrap_nested(root, cls)
 
 
-def _wrap_nested(data: dict) -> State:
+def _wrap_nested(data: dict, cls: type[State] = State) -> State:
     for key, value in data.items():
         if type(value) is dict:
-            data[key] = _wrap_nested(value)
-    return State._wrap(data)
+            data[key] = _wrap_nested(value, cls)
+    return cls._wrap(data)
 
 
 def _nest_plan(paths: Sequence[Path]) -> dict | None:
@@ -393,37 +437,78 @@ def split_state(state: Mapping, first: Filter, /, *filters: Filter) -> Any:
     return states[0] if not filters else states
 
 
-def merge_state(state: Mapping, /, *states: Mapping) -> State:
-    """Merges nested states; the later state wins where paths collide."""
+def merge_state(state: Mapping, /, *states: Mapping, cls: type[State] = State) -> State:
+    """Merges nested states; the later state wins where paths collide.
+
+    Args:
+      state: the first state.
+      *states: more states.
+      cls: the State class of the result.
+    """
     merged: dict = {}
     for s in (state, *states):
         for path, leaf in _flat_pairs(s):
             merged[path] = leaf
-    return from_flat_state(merged)
+    return from_flat_state(merged, cls=cls)
 
 
-def to_pure_dict(state: Mapping) -> dict:
+def _raw_value(x: Any) -> Any:
+    return x._value if isinstance(x, Variable) else x
+
+
+def to_pure_dict(state: Mapping, extract_fn: Callable[[Any], Any] | None = None) -> dict:
     """Nested plain dicts of raw values, Variables unwrapped.
+
+    Args:
+      state: a (nested) State or mapping.
+      extract_fn: what each leaf becomes; by default a Variable's value (other leaves as
+        they are).
 
     Example:
       >>> nnx.to_pure_dict(nnx.State({'a': {'b': nnx.Param(1)}}))
       {'a': {'b': 1}}
+      >>> nnx.to_pure_dict(nnx.State({'a': nnx.Param(1)}), lambda v: type(v).__name__)
+      {'a': 'Param'}
     """
+    fn = _raw_value if extract_fn is None else extract_fn
     out: dict = {}
     data = state._mapping if isinstance(state, State) else state
     for key, value in data.items():
         if isinstance(value, Mapping):
-            out[key] = to_pure_dict(value)
-        elif isinstance(value, Variable):
-            out[key] = value._value
+            out[key] = to_pure_dict(value, extract_fn)
         else:
-            out[key] = value
+            out[key] = fn(value)
     return out
 
 
-def restore_int_paths(pure: Mapping, reference: Mapping) -> dict:
-    """Converts stringified integer keys ('0', as orbax returns them) back to the integer keys
-    that `reference` uses, recursively."""
+def _int_key(key: Hashable) -> Hashable:
+    if isinstance(key, str):
+        try:
+            return int(key)
+        except ValueError:
+            return key
+    return key
+
+
+def restore_int_paths(pure_dict: Mapping, reference: Mapping | None = None) -> dict:
+    """Turns stringified integer keys ('0', as orbax returns them) back into ints, recursively.
+
+    Args:
+      pure_dict: nested plain dicts, as a checkpoint restores them.
+      reference: optional (nnx): a State or dict with the wanted keys; then a string key is
+        converted only where `reference` has the integer key and not the string one. Without
+        it (flax's form), every key that ``int()`` accepts is converted.
+
+    Example:
+      >>> nnx.restore_int_paths({'0': {'kernel': 1}, 'head': 2})
+      {0: {'kernel': 1}, 'head': 2}
+    """
+    if reference is None:
+        return {
+            _int_key(k): restore_int_paths(v) if isinstance(v, Mapping) else v
+            for k, v in pure_dict.items()
+        }
+    pure = pure_dict
     ref = reference._mapping if isinstance(reference, State) else reference
     out: dict = {}
     for key, value in pure.items():

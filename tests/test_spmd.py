@@ -194,13 +194,6 @@ def test_with_metadata_and_variable_metadata():
     assert nnx.Param(nnx.VariableMetadata(jnp.ones(2), {"a": 1})).a == 1
 
 
-def test_with_metadata_refuses_hooks():
-    with pytest.raises(
-        ArgumentError, match=r"on_set_value: Variable hooks are not supported.*\n.*Fix"
-    ):
-        nnx.with_metadata(nnx.initializers.ones, on_set_value=lambda v, x: x)
-
-
 @pytest.mark.parametrize(
     "make, path, spec",
     [
