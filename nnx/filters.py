@@ -7,8 +7,8 @@ A filter is any of:
 * a string: matches a path part with that name, or a Variable whose ``tag`` metadata is it;
 * a callable ``(path, value) -> bool``;
 * a list or tuple of filters: any of them;
-* the combinators :class:`OfType`, :class:`PathContains`, :class:`WithTag`, :class:`All`,
-  :class:`Any`, :class:`Not`, :data:`Everything`, :data:`Nothing`.
+* the combinators :class:`OfType`, :class:`PathContains`, :class:`PathIn`, :class:`WithTag`,
+  :class:`All`, :class:`Any`, :class:`Not`, :data:`Everything`, :data:`Nothing`.
 
 Example:
   >>> is_param = nnx.filterlib.to_predicate(nnx.Param)
@@ -38,6 +38,7 @@ __all__ = [
     "Nothing",
     "OfType",
     "PathContains",
+    "PathIn",
     "WithTag",
     "filters_to_predicates",
     "to_predicate",
@@ -128,6 +129,37 @@ class PathContains(_PredicateBase):
         return builtins.any(str(self.key) in str(part) for part in path)
 
 
+class PathIn(_PredicateBase):
+    """Matches values whose whole path is one of `paths` (tuples of path parts).
+
+    Example:
+      >>> f = nnx.filterlib.PathIn(('linear', 'kernel'), ('bias',))
+      >>> f(('linear', 'kernel'), None), f(('linear', 'bias'), None)
+      (True, False)
+    """
+
+    def __init__(self, *paths: Path):
+        bad = [p for p in paths if not isinstance(p, tuple)]
+        if bad:
+            raise ArgumentError(
+                f"PathIn takes paths as tuples of path parts; got {bad[0]!r}.\nFix: e.g. "
+                "nnx.filterlib.PathIn(('encoder', 'kernel'), ('layers', 0, 'bias'))."
+            )
+        self.paths = frozenset(paths)
+
+    def __call__(self, path: Path, x: _Any) -> bool:
+        return tuple(path) in self.paths
+
+    def __repr__(self) -> str:
+        return f"PathIn({', '.join(map(repr, sorted(self.paths, key=repr)))})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PathIn) and self.paths == other.paths
+
+    def __hash__(self) -> int:
+        return hash((PathIn, self.paths))
+
+
 @dataclasses.dataclass(frozen=True)
 class WithTag(_PredicateBase):
     """Matches values whose ``tag`` metadata equals `tag`."""
@@ -184,11 +216,12 @@ class All(Any):
 class Not(_PredicateBase):
     """Matches when the given filter does not."""
 
-    def __init__(self, filter: Filter):
-        self.predicate = to_predicate(filter)
+    def __init__(self, collection_filter: Filter, /):
+        self.collection_filter = collection_filter
+        self.predicate = to_predicate(collection_filter)
 
-    def __call__(self, path: Path, value: _Any) -> bool:
-        return not self.predicate(path, value)
+    def __call__(self, path: Path, x: _Any) -> bool:
+        return not self.predicate(path, x)
 
     def __repr__(self) -> str:
         return f"Not({self.predicate!r})"

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 
-from .errors import ArgumentError, RngStreamError
+from ._graph_mode import check_tree, graph_mode
+from ._graph_mode import graph_updates as graph_updates_
+from .errors import ArgumentError, RngStreamError, format_path
 from .filters import Filter, to_predicate
-from .graph import iter_graph
+from .graph import flatten, is_node, iter_graph, unflatten
+from .graph_tools import recursive_map
 from .pytreelib import Pytree
 from .variablelib import Variable
 
@@ -37,11 +40,68 @@ __all__ = [
     "RngStream",
     "Rngs",
     "SplitBackups",
+    "backup_keys",
     "fork_rngs",
     "reseed",
     "restore_rngs",
     "split_rngs",
+    "with_rngs",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _sampler(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``stream.normal(shape)``: ``fn`` (a ``jax.random`` sampler) with the stream's next key."""
+
+    @functools.wraps(fn)
+    def method(self: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        return fn(self(), *args, **kwargs)
+
+    return method
+
+
+def _keyless(make: Callable[..., Callable[..., jax.Array]]) -> Callable[..., Any]:
+    """``stream.lecun_normal()(shape)``: an initializer drawing its key from the stream."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Callable[..., jax.Array]:
+        init = make(*args, **kwargs)
+
+        def keyless(*init_args: Any, **init_kwargs: Any) -> jax.Array:
+            return init(self(), *init_args, **init_kwargs)
+
+        return keyless
+
+    method.__name__ = method.__qualname__ = make.__name__
+    method.__doc__ = (
+        f"``jax.nn.initializers.{make.__name__}(*args, **kwargs)`` as an initializer without "
+        "a key argument: each call draws its key from this stream."
+    )
+    return method
+
+
+# The jax.random samplers and jax.nn.initializers flax.nnx 0.12 puts on RngStream and Rngs.
+_SAMPLERS = (
+    "bits", "uniform", "randint", "permutation", "choice", "normal", "multivariate_normal",
+    "truncated_normal", "bernoulli", "beta", "cauchy", "dirichlet", "exponential", "gamma",
+    "loggamma", "poisson", "gumbel", "categorical", "laplace", "logistic", "pareto", "t",
+    "chisquare", "f", "rademacher", "maxwell", "double_sided_maxwell", "weibull_min",
+    "orthogonal", "generalized_normal", "ball", "rayleigh", "wald", "geometric",
+    "triangular", "lognormal", "binomial", "multinomial",
+)
+_INITIALIZERS = (
+    "delta_orthogonal", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+    "kaiming_normal", "kaiming_uniform", "lecun_normal", "lecun_uniform",
+    "variance_scaling", "xavier_normal", "xavier_uniform",
+)
+
+
+def _add_samplers(cls: type) -> type:
+    for name in _SAMPLERS:
+        setattr(cls, name, _sampler(getattr(jax.random, name)))
+    for name in _INITIALIZERS:
+        setattr(cls, name, _keyless(getattr(jax.nn.initializers, name)))
+    return cls
 
 
 class RngState(Variable):
@@ -93,12 +153,23 @@ def _fold_in(key: jax.Array, count: jax.Array) -> jax.Array:
     return fn(key, count)
 
 
+@_add_samplers
 class RngStream(Pytree):
     """One named stream of random keys.
+
+    Besides ``stream()`` (the next key), a stream draws samples directly with the
+    ``jax.random`` functions as methods (``stream.normal(shape)``, ``stream.uniform(shape)``,
+    ``stream.bernoulli(p, shape)``...), and makes keyless initializers
+    (``stream.lecun_normal()(shape)``), each call spending one key.
 
     Args:
       key: an int seed, a typed PRNG key, or raw ``uint32[..., 2]`` key data.
       tag: the stream's name (``'params'``, ``'dropout'``).
+
+    Example:
+      >>> stream = nnx.Rngs(params=0).params
+      >>> stream.normal((2, 3)).shape, int(stream.count.value)
+      ((2, 3), 1)
     """
 
     def __init__(self, key: Any, *, tag: str):
@@ -118,22 +189,42 @@ class RngStream(Pytree):
         key = self()
         if split is not None:
             key = jax.random.split(key, split)
-        return RngStream(key, tag=self.tag)
+        return type(self)(key, tag=self.tag)
+
+    def split(self, k: int | tuple[int, ...]) -> RngStream:
+        """A batch of `k` (a count or a shape) independent streams seeded from this one."""
+        return type(self)(jax.random.split(self(), k), tag=self.tag)
+
+    def broadcast(self, k: int | tuple[int, ...]) -> RngStream:
+        """A batch of shape `k` of streams that all hold the same new key (every member
+        draws the same numbers)."""
+        key = self()
+        shape = (k,) if isinstance(k, int) else tuple(k)
+        return type(self)(jnp.broadcast_to(key, shape + key.shape), tag=self.tag)
 
 
+@_add_samplers
 class Rngs(Pytree):
     """A set of named random streams.
 
-    ``Rngs(0)`` makes a ``default`` stream; ``Rngs(params=0, dropout=1)`` makes named ones.
-    ``rngs.params()`` draws from the ``params`` stream, or from ``default`` if there is none;
-    ``rngs()`` draws from ``default``.
+    ``Rngs(0)`` makes a ``default`` stream; ``Rngs(params=0, dropout=1)`` makes named ones
+    (``Rngs({'params': 0})`` too). ``rngs.params()`` draws from the ``params`` stream, or from
+    ``default`` if there is none; ``rngs()`` draws from ``default``. The ``jax.random``
+    samplers are methods drawing from ``default`` (``rngs.normal((2,))``), as on a stream.
 
     Raises:
       RngStreamError: a stream was requested that neither exists nor has a default to use.
+
+    Example:
+      >>> rngs = nnx.Rngs(0)
+      >>> rngs.uniform((3,)).shape, rngs.params.bernoulli(0.5, (2,)).dtype
+      ((3,), dtype('bool'))
     """
 
-    def __init__(self, default: Any = None, /, **rngs: Any):
-        if default is not None:
+    def __init__(self, default: Any = None, **rngs: Any):
+        if isinstance(default, Mapping):
+            rngs = {**default, **rngs}
+        elif default is not None:
             rngs = {"default": default, **rngs}
         for name, value in rngs.items():
             if isinstance(value, RngStream):
@@ -178,7 +269,7 @@ class Rngs(Pytree):
     def items(self):
         return self._streams().items()
 
-    def fork(self, *, split: Any = None) -> Rngs:
+    def fork(self, /, *, split: Any = None) -> Rngs:
         """New, independent Rngs with the same stream names.
 
         Args:
@@ -187,29 +278,196 @@ class Rngs(Pytree):
             (filters match stream names; unmatched streams are forked without a split).
         """
         new = object.__new__(Rngs)
+        rules = _rules(split) if isinstance(split, Mapping) else None
         for name, stream in self._streams().items():
             s = split
-            if isinstance(split, dict):
-                s = None
-                for filt, value in split.items():
-                    if to_predicate(filt)((name,), stream.key):
-                        s = value
-                        break
+            if rules is not None:
+                s = next((v for _, pred, v in rules if pred((name,), stream)), None)
             setattr(new, name, stream.fork(split=s))
         return new
 
-    def split(self, k: int | tuple[int, ...]) -> Rngs:
-        """Same as ``fork(split=k)``: every stream becomes a batch of `k` streams."""
-        return self.fork(split=k)
+    def _map_streams(self, k: Any, how: Callable[[RngStream, Any], RngStream]) -> Rngs:
+        rules = _rules(k if isinstance(k, Mapping) else {...: k})
+        new = object.__new__(Rngs)
+        for name, stream in self._streams().items():
+            n = next((v for _, pred, v in rules if pred((name,), stream)), None)
+            setattr(new, name, stream if n is None else how(stream, n))
+        return new
+
+    def split(self, k: Mapping[Filter, Any] | int | tuple[int, ...]) -> Rngs:
+        """New Rngs whose streams are batches of `k` independent streams (``nnx.vmap``).
+
+        `k` may be a mapping ``{filter: k}`` choosing per stream; a stream no filter matches,
+        or mapped to None, is kept as it is.
+        """
+        return self._map_streams(k, RngStream.split)
+
+    def broadcast(self, k: Mapping[Filter, Any] | int | tuple[int, ...] | None) -> Rngs:
+        """New Rngs whose streams are batches of shape `k` repeating one new key, so every
+        member of the batch draws the same numbers; a mapping chooses per stream, as in
+        :meth:`split`."""
+        return self._map_streams(k, RngStream.broadcast)
 
 
-def reseed(node: Any, /, **stream_keys: Any) -> None:
+def _rules(spec: Mapping[Filter, Any]) -> list[tuple[Filter, Callable, Any]]:
+    return [(f, to_predicate(f), v) for f, v in spec.items()]
+
+
+def _map_copy(f: Callable[[tuple, Any], Any], node: Any, graph: bool | None) -> Any:
+    """``recursive_map`` on a copy of `node` (own Modules and containers, shared Variables),
+    whatever the root is (``recursive_map`` copies only a graph-node root)."""
+    if not is_node(node) and not isinstance(node, Variable):
+        graphdef, pairs = flatten(node)
+        node = unflatten(graphdef, [leaf for _, leaf in pairs])
+    return recursive_map(f, node, graph=graph)
+
+
+def _tree_check(graph: bool | None, node: Any, fn_name: str) -> None:
+    if graph is False or (graph is None and not graph_mode(None)):
+        check_tree(node, fn_name)
+
+
+def with_rngs(
+    node: Any = None,
+    /,
+    *,
+    split: Mapping[Filter, int | tuple[int, ...]] | int | tuple[int, ...] | None = None,
+    fork: Filter | Sequence[Filter] | None = None,
+    broadcast: Mapping[Filter, int | tuple[int, ...]] | int | tuple[int, ...] | None = None,
+    only: Filter = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
+    """A copy of `node` whose RNG streams are split, broadcast or forked, rule by rule.
+
+    The copy has its own Modules, Rngs and streams (the other Variables are shared with
+    `node`); each new stream is seeded from the original one, whose counter moves on by one.
+    A stream matching no rule is kept as it is. Without `node`, returns a decorator that
+    applies the rules to the decorated function's arguments for each call.
+
+    Unlike flax, this works in every graph mode (flax refuses ``graph=True`` together with
+    ``graph_updates=True``, its defaults).
+
+    Args:
+      node: any object graph or pytree holding Rngs / RngStreams.
+      split: a shape for every stream, or ``{filter: shape}`` (first match wins): the stream
+        becomes a batch of independent streams of that shape.
+      fork: a filter (or several) choosing streams that get a fresh, independent key.
+      broadcast: like `split`, but the batch repeats one new key.
+      only: a filter on the streams considered at all.
+      graph: False refuses shared references and cycles (flax's tree mode).
+      graph_updates: accepted for flax compatibility; the result is a copy either way.
+
+    Raises:
+      ArgumentError: a stream matches rules of two kinds through specific filters (a
+        ``...``/``True`` catch-all never counts as a conflict; split wins over broadcast over
+        fork).
+
+    Example:
+      >>> rngs = nnx.Rngs(params=0, dropout=1)
+      >>> new = nnx.with_rngs(rngs, split={'params': 4}, fork=nnx.Not('params'))
+      >>> new.params.key.shape, new.dropout.key.shape, rngs.params.key.shape
+      ((4,), (), ())
+    """
+    if node is None:
+
+        def decorator(f: F) -> F:
+            @functools.wraps(f)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                args, kwargs = with_rngs(
+                    (args, kwargs), split=split, fork=fork, broadcast=broadcast, only=only,
+                    graph=graph, graph_updates=graph_updates,
+                )  # fmt: skip
+                return f(*args, **kwargs)
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorator
+    splits = _rules({} if split is None else split if isinstance(split, Mapping) else {...: split})
+    if broadcast is not None and not isinstance(broadcast, Mapping):
+        broadcast = {...: broadcast}
+    casts = _rules(broadcast or {})
+    if fork is None:
+        fork = []
+    elif isinstance(fork, str) or not isinstance(fork, Sequence):
+        fork = [fork]
+    forks = [(f, to_predicate(f), None) for f in fork]
+    keep = to_predicate(only)
+
+    def update(path: tuple, value: Any) -> Any:
+        if not isinstance(value, RngStream) or not keep(path, value):
+            return value
+        found = {}
+        for kind, rules in (("split", splits), ("broadcast", casts), ("fork", forks)):
+            match = next(((f, v) for f, pred, v in rules if pred(path, value)), None)
+            if match is not None:
+                found[kind] = match
+        specific = [kind for kind, (f, _) in found.items() if f is not ... and f is not True]
+        if len(specific) > 1:
+            rules_text = "\n".join(f"  {kind}: {found[kind][0]!r}" for kind in specific)
+            raise ArgumentError(
+                f"nnx.with_rngs: the stream {value.tag!r} at {format_path(path, 'node')} "
+                f"matches rules of several kinds:\n{rules_text}\nFix: make the filters "
+                f"disjoint, e.g. fork=nnx.Not({value.tag!r})."
+            )
+        if "split" in found:
+            return value.split(found["split"][1])
+        if "broadcast" in found:
+            return value.broadcast(found["broadcast"][1])
+        if "fork" in found:
+            return value.fork()
+        return value
+
+    return _map_copy(update, node, graph)
+
+
+def _scalars_only(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if shape:
+        raise ArgumentError(
+            f"nnx.reseed(policy='scalars_only'): the stream at {format_path(path, 'node')} "
+            f"holds a batch of keys of shape {shape}, and one new key cannot reseed it.\n"
+            "Fix: policy='match_shape' (a batch of independent keys, split from the new one), "
+            "or a callable (path, key, shape) -> keys."
+        )
+    return key
+
+
+def _match_shape(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return jax.random.split(key, shape) if shape else key
+
+
+_POLICIES: dict[str, Callable[[tuple, jax.Array, tuple[int, ...]], jax.Array]] = {
+    "scalars_only": _scalars_only,
+    "match_shape": _match_shape,
+}
+
+
+def reseed(
+    node: Any,
+    /,
+    *,
+    graph: bool | None = None,
+    policy: str | Callable[[tuple, jax.Array, tuple[int, ...]], jax.Array] = "match_shape",
+    **stream_keys: Any,
+) -> None:
     """Resets the named streams everywhere in `node` to new seeds (counters back to zero).
 
     As in flax, each stream gets the key a fresh ``nnx.Rngs(name=seed)`` would hand out first,
     which is the key a layer forks from the Rngs it is built with: a reseeded model repeats
-    what a model freshly built with those seeds does. Batched streams (from a split) get a
-    batch of fresh keys of the same shape.
+    what a model freshly built with those seeds does. Every stream of that name gets that
+    same key (flax hands the streams successive keys of one fresh Rngs instead).
+
+    Args:
+      node: any object graph holding Rngs / RngStreams.
+      graph: False refuses shared references and cycles (flax's tree mode).
+      policy: how a batched stream (from a split) is reseeded: ``'match_shape'`` (the
+        default here; flax's is ``'scalars_only'``) gives it a batch of keys split from the
+        new one, ``'scalars_only'`` refuses it, and a callable
+        ``(path, key, shape) -> keys`` decides.
+      **stream_keys: the new seed (int or key) of each stream name.
+
+    Raises:
+      ArgumentError: an unknown policy, or a batched stream under ``'scalars_only'``.
 
     Example:
       >>> def make():
@@ -221,25 +479,54 @@ def reseed(node: Any, /, **stream_keys: Any) -> None:
       >>> bool((drop(x) == y1).all()), bool((make()(x) == y1).all())
       (True, True)
     """
-    for _, value in iter_graph(node):
+    if isinstance(policy, str) and policy in _POLICIES:
+        fn = _POLICIES[policy]
+    elif callable(policy):
+        fn = policy
+    else:
+        raise ArgumentError(
+            f"nnx.reseed: policy={policy!r} is not 'scalars_only', 'match_shape' or a "
+            "callable.\nFix: policy='match_shape', or policy=lambda path, key, shape: ..."
+        )
+    _tree_check(graph, node, "reseed")
+    for path, value in iter_graph(node):
         if isinstance(value, RngStream) and value.tag in stream_keys:
-            key = _as_key(stream_keys[value.tag])
+            key = _as_key(stream_keys[value.tag], value.tag)
             key = _fold_in(key, jnp.zeros(key.shape, jnp.uint32))  # Rngs(seed)'s first key
-            shape = value.key.value.shape
-            if shape and key.shape != shape:
-                key = jax.random.split(key, shape)
+            key = fn(path, key, value.key.value.shape)
             value.key.value = key
             value.count.value = jnp.zeros(key.shape, jnp.uint32)
 
 
 class SplitBackups(list):
-    """What :func:`split_rngs` changed; a context manager that puts it back on exit."""
+    """What :func:`split_rngs` / :func:`fork_rngs` changed, as ``(stream, key, count)``
+    entries; a context manager that puts it back on exit."""
+
+    @property
+    def backups(self) -> list:
+        """The entries (flax's attribute name)."""
+        return list(self)
 
     def __enter__(self) -> SplitBackups:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         restore_rngs(self)
+
+
+def _stream_pred(only: Filter) -> Callable[[tuple, RngStream], bool]:
+    """flax's stream test: `only` must accept both the key and the count Variables."""
+    predicate = to_predicate(only)
+
+    def test(path: tuple, stream: RngStream) -> bool:
+        return predicate((*path, "key"), stream.key) and predicate((*path, "count"), stream.count)
+
+    return test
+
+
+def _split_keys(stream: RngStream, splits: Any, squeeze: bool) -> jax.Array:
+    keys = jax.random.split(stream(), splits)
+    return keys[0] if squeeze else keys
 
 
 def split_rngs(
@@ -249,6 +536,8 @@ def split_rngs(
     splits: int | tuple[int, ...],
     only: Filter = ...,
     squeeze: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Splits the streams in `node` into batches of keys, in place (for ``vmap``/``scan``).
 
@@ -259,8 +548,14 @@ def split_rngs(
     Args:
       node: any object graph containing Rngs / RngStreams.
       splits: the number (or shape) of keys per stream.
-      only: a filter on stream names/paths; only matching streams are split.
+      only: a filter on stream paths; only matching streams are split.
       squeeze: with ``splits=1``, keep scalar keys.
+      graph: False refuses shared references and cycles (flax's tree mode).
+      graph_updates: False (as in flax) leaves `node` alone and returns a copy whose streams
+        are split (the copy shares the other Variables).
+
+    Raises:
+      ArgumentError: ``squeeze=True`` with ``splits`` other than 1.
 
     Example:
       >>> rngs = nnx.Rngs(params=0)
@@ -272,24 +567,41 @@ def split_rngs(
     """
     if node is None:
 
-        def decorator(f: Callable) -> Callable:
+        def decorator(f: F) -> F:
             @functools.wraps(f)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with split_rngs((args, kwargs), splits=splits, only=only, squeeze=squeeze):
+                kw = dict(splits=splits, only=only, squeeze=squeeze, graph=graph)
+                if not graph_updates_(graph_updates):
+                    args, kwargs = split_rngs((args, kwargs), **kw, graph_updates=False)
+                    return f(*args, **kwargs)
+                with split_rngs((args, kwargs), **kw):
                     return f(*args, **kwargs)
 
-            return wrapper
+            return wrapper  # type: ignore[return-value]
 
         return decorator
-    predicate = to_predicate(only)
+    if squeeze and splits != 1:
+        raise ArgumentError(
+            f"nnx.split_rngs: squeeze=True drops the new axis, so it needs splits=1; got "
+            f"splits={splits!r}.\nFix: splits=1, or squeeze=False."
+        )
+    test = _stream_pred(only)
+    if not graph_updates_(graph_updates):
+
+        def split_one(path: tuple, value: Any) -> Any:
+            if isinstance(value, RngStream) and test(path, value):
+                keys = _split_keys(value, splits, squeeze)
+                value.key = RngKey(keys, tag=value.tag)
+                value.count = RngCount(jnp.zeros(keys.shape, jnp.uint32), tag=value.tag)
+            return value
+
+        return _map_copy(split_one, node, graph)
+    _tree_check(graph, node, "split_rngs")
     backups = SplitBackups()
     for path, value in iter_graph(node):
-        if isinstance(value, RngStream) and predicate((*path, value.tag), value.key):
+        if isinstance(value, RngStream) and test(path, value):
+            keys = _split_keys(value, splits, squeeze)
             backups.append((value, value.key.value, value.count.value))
-            key = value()
-            keys = jax.random.split(key, splits)
-            if squeeze and keys.shape[:1] == (1,):
-                keys = keys[0]
             value.key.value = keys
             value.count.value = jnp.zeros(keys.shape, jnp.uint32)
     return backups
@@ -299,14 +611,22 @@ def fork_rngs(
     node: Any = None,
     /,
     *,
-    split: int | tuple[int, ...] | None = None,
-    only: Filter = ...,
+    split: Mapping[Filter, int | tuple[int, ...] | None] | int | tuple[int, ...] | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Gives every stream in `node` a fresh, independent key, in place (a batch of keys with
     `split`), e.g. so that a transformed call does not reuse the caller's key sequence.
 
     Like :func:`split_rngs`: a function returning :class:`SplitBackups` (restored by a
     ``with`` block or :func:`restore_rngs`), or a decorator when `node` is omitted.
+
+    Args:
+      node: any object graph containing Rngs / RngStreams.
+      split: None (one new key per stream), a shape for every stream, or
+        ``{filter: shape or None}``: only the streams some filter matches are forked.
+      graph: False refuses shared references and cycles (flax's tree mode).
+      graph_updates: False (as in flax) leaves `node` alone and returns a forked copy.
 
     Example:
       >>> rngs = nnx.Rngs(0)
@@ -316,30 +636,71 @@ def fork_rngs(
     """
     if node is None:
 
-        def decorator(f: Callable) -> Callable:
+        def decorator(f: F) -> F:
             @functools.wraps(f)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with fork_rngs((args, kwargs), split=split, only=only):
+                kw = dict(split=split, graph=graph)
+                if not graph_updates_(graph_updates):
+                    args, kwargs = fork_rngs((args, kwargs), **kw, graph_updates=False)
+                    return f(*args, **kwargs)
+                with fork_rngs((args, kwargs), **kw):
                     return f(*args, **kwargs)
 
-            return wrapper
+            return wrapper  # type: ignore[return-value]
 
         return decorator
-    predicate = to_predicate(only)
+    spec = split if isinstance(split, Mapping) else {...: split}
+    rules = [(_stream_pred(f), v) for f, v in spec.items()]
+
+    def rule(path: tuple, value: Any) -> Any:
+        if isinstance(value, RngStream):
+            for test, n in rules:
+                if test(path, value):
+                    return (n,)
+        return None
+
+    if not graph_updates_(graph_updates):
+
+        def fork_one(path: tuple, value: Any) -> Any:
+            found = rule(path, value)
+            return value if found is None else value.fork(split=found[0])
+
+        return _map_copy(fork_one, node, graph)
+    _tree_check(graph, node, "fork_rngs")
     backups = SplitBackups()
     for path, value in iter_graph(node):
-        if isinstance(value, RngStream) and predicate((*path, value.tag), value.key):
+        found = rule(path, value)
+        if found is not None:
+            forked = value.fork(split=found[0])
             backups.append((value, value.key.value, value.count.value))
-            forked = value.fork(split=split)
             value.key.value = forked.key.value
             value.count.value = forked.count.value
     return backups
 
 
-def restore_rngs(backups: SplitBackups) -> None:
-    """Undoes :func:`split_rngs`: each stream gets its key back, its counter moved past the
-    key it spent on the split."""
-    for stream, key, count in backups:
-        stream.key.value = key
-        stream.count.value = count + 1
-    backups.clear()
+def backup_keys(node: Any, /, *, graph: bool | None = None) -> list[tuple[RngStream, jax.Array]]:
+    """``(stream, key)`` for every stream in `node`: :func:`restore_rngs` puts the keys back
+    (counters are left as they are).
+
+    Example:
+      >>> rngs = nnx.Rngs(0)
+      >>> saved = nnx.rnglib.backup_keys(rngs)
+      >>> rngs.default.key.value = jax.random.key(1)
+      >>> nnx.restore_rngs(saved)
+      >>> bool(rngs.default.key.value == jax.random.key(0))
+      True
+    """
+    _tree_check(graph, node, "backup_keys")
+    return [(v, v.key.value) for _, v in iter_graph(node) if isinstance(v, RngStream)]
+
+
+def restore_rngs(backups: Iterable[tuple], /) -> None:
+    """Undoes :func:`split_rngs` / :func:`fork_rngs` (or restores :func:`backup_keys`): each
+    stream gets its key back, its counter moved past the key it spent on the split."""
+    for backup in backups:
+        stream = backup[0]
+        stream.key.value = backup[1]
+        if len(backup) == 3:
+            stream.count.value = backup[2]
+    if isinstance(backups, list):
+        backups.clear()

@@ -30,9 +30,16 @@ import numpy as np
 from jax.tree_util import GetAttrKey
 
 from . import _treescope, _version
-from ._heap_path import find_path
 from ._repr import shown_fields
-from ._sharding_meta import _place_new_value
+from ._sharding_meta import _place_new_value, use_eager_sharding, using_eager_sharding
+from ._variable_trace import (  # noqa: F401 - re-exported: transforms and graph use them
+    _FRAMES,
+    _check_frame,
+    _Frame,
+    _jax_trace,
+    _Leaked,
+    _Tracer,
+)
 from .errors import ArgumentError, AttributeNotFoundError, KeyNotFoundError
 
 __all__ = [
@@ -79,166 +86,6 @@ class _Meta(dict):
 _EMPTY_META = _Meta()
 
 
-# Transform frames: while an nnx transform traces a function, the ids of the Variables it
-# rebuilt (or that were created during the trace) are in _FRAMES[-1]. Assigning a traced value
-# to any other Variable would leak the tracer into an object the transform cannot write back.
-class _Frame(set):
-    """The ids of the Variables one transform trace rebuilt or created (and the objects)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.objs: list[Variable] = []
-
-    def register(self, var: Variable) -> None:
-        self.add(id(var))
-        self.objs.append(var)
-
-    def close(self) -> None:
-        # The trace is over: these Variables hold tracers that mean nothing any more. Any
-        # later use of one (it leaked through a closure, a global, a list) raises a clear error.
-        for var in self.objs:
-            value = var._value
-            if isinstance(value, jax.core.Tracer) or any(
-                isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)
-            ):
-                object.__setattr__(var, "_value", _Leaked(type(var).__name__))
-        self.objs.clear()
-
-
-_FRAMES: list[_Frame] = []
-
-try:  # a weak reference to the JAX trace now running (the eval trace outside any transform)
-    from jax._src.core import trace_state as _jax_trace
-except ImportError:  # pragma: no cover - a JAX without it: the public, slower equivalent
-
-    class _OpaqueTrace:
-        @property
-        def value(self) -> Any:
-            from jax.extend.core import get_opaque_trace_state
-
-            return get_opaque_trace_state()
-
-    _jax_trace = _OpaqueTrace()  # type: ignore[assignment]
-
-_Tracer = jax.core.Tracer
-
-_LEAK_MESSAGE = (
-    "{what} was assigned a traced value inside an nnx transform, but it was "
-    "not passed to that transform: it is reached through a closure or a global, so the "
-    "transform cannot carry the new value back out, and the Variable would hold a leaked "
-    "tracer. It keeps its old value.\nFix: pass the module (or Variable) that owns it as an "
-    "argument of the transformed function, e.g. nnx.jit(lambda model, x: ...)(model, x)."
-)
-
-_JAX_LEAK_MESSAGE = (
-    "{what} was assigned a traced value inside a JAX transform it was not passed to (a raw "
-    "jax.jit, jax.grad, jax.vmap, jax.lax.scan/cond/while_loop... that reaches it through a "
-    "closure or a global): the value is a tracer that means nothing once that transform "
-    "returns, and the Variable would keep it (JAX's UnexpectedTracerError on a later call). "
-    "It keeps its old value.\nFix: use the nnx transform instead (nnx.jit, nnx.grad, nnx.vmap, "
-    "nnx.scan, nnx.cond, nnx.fori_loop...), which carries the new value back out, e.g. "
-    "nnx.jit(lambda model, x: ...)(model, x); or pass the module to the JAX transform as an "
-    "argument and return its new state (nnx.split / nnx.merge)."
-)
-
-
-def _check_frame(var: Variable, value: Any) -> None:
-    """Raises TraceContextError if giving `var` the traced `value` would leak the tracer.
-
-    Called only for Tracer values (an ``isinstance`` on the hot path of ``v.value = x``).
-    Leaking means `var` belongs to another trace than the one running: an nnx transform that
-    did not rebuild it, or a JAX transform other than the one (or outside the one) that was
-    running when the Variable was created, rebuilt or unflattened.
-    """
-    if _FRAMES and id(var) not in _FRAMES[-1]:
-        message = _LEAK_MESSAGE
-    else:
-        born = getattr(var, "_nnx_trace", None)
-        if born is None or born == _jax_trace.value:
-            return
-        message = _JAX_LEAK_MESSAGE
-    from .errors import TraceContextError
-
-    raise TraceContextError(message.format(what=_describe(var)))
-
-
-def _describe(var: Variable) -> str:
-    """``Param Model.layers[0].kernel``: the Variable's class and, when it can be found, where
-    it sits; else its class and metadata. For error messages only (it searches the heap)."""
-    try:
-        path = find_path(var)
-    except Exception:  # best effort: never hide the real error behind this one
-        path = None
-    if path:
-        return f"{type(var).__name__} {path}"
-    meta = dict(var._meta)
-    detail = f", metadata {meta}" if meta else ""
-    return f"{type(var).__name__} (not found in any module{detail})"
-
-
-_LEAKED_MESSAGE = (
-    "This {cls} was created inside an nnx transform (jit, grad, vmap, scan...) and used "
-    "after that transform finished: it leaked out of the trace (through a closure, a global "
-    "or a container the transform cannot see), and its value was a tracer that no longer "
-    "means anything.\nFix: return the object from the transformed function (nnx writes "
-    "state changes back to the objects you pass in), instead of storing it elsewhere."
-)
-
-
-class _Leaked:
-    """Stands in for the value of a Variable that leaked out of a transform's trace."""
-
-    __slots__ = ("cls",)
-
-    def __init__(self, cls: str):
-        self.cls = cls
-
-    def _fail(self, *args: Any, **kwargs: Any) -> Any:
-        from .errors import TraceContextError
-
-        raise TraceContextError(_LEAKED_MESSAGE.format(cls=self.cls))
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        self._fail()
-
-    def __repr__(self) -> str:
-        return f"<leaked {self.cls} value>"
-
-
-for _dunder in [
-    "__add__",
-    "__radd__",
-    "__sub__",
-    "__rsub__",
-    "__mul__",
-    "__rmul__",
-    "__truediv__",
-    "__rtruediv__",
-    "__matmul__",
-    "__rmatmul__",
-    "__pow__",
-    "__rpow__",
-    "__neg__",
-    "__getitem__",
-    "__setitem__",
-    "__len__",
-    "__iter__",
-    "__bool__",
-    "__float__",
-    "__int__",
-    "__array__",
-    "__jax_array__",
-    "__lt__",
-    "__le__",
-    "__gt__",
-    "__ge__",
-    "__abs__",
-]:
-    setattr(_Leaked, _dunder, _Leaked._fail)
-
-
 def _binary(name: str):
     def op(self, other):
         if isinstance(other, Variable):
@@ -273,9 +120,13 @@ def _unary(fn):
     return op
 
 
+Hook = Callable[..., Any]
+_HOOK_NAMES = ("on_set_value", "on_get_value", "on_create_value", "on_add_axis", "on_remove_axis")
+
+
 @dataclasses.dataclass
 class VariableMetadata(Generic[A]):
-    """A value with the metadata of the Variable it is meant for.
+    """A value with the metadata (and hooks) of the Variable it is meant for.
 
     What an initializer wrapped by :func:`with_metadata` (or ``nnx.with_partitioning``)
     returns: a layer passes it to ``nnx.Param(...)``, which unwraps it and merges `metadata`
@@ -283,23 +134,64 @@ class VariableMetadata(Generic[A]):
 
     Attributes:
       raw_value: the value (usually an array).
+      on_set_value: hooks ``(variable, value) -> value`` run, in order, on every assignment.
+      on_get_value: hooks ``(variable, value) -> value`` run, in order, on every read.
+      on_create_value: hooks ``(variable, value) -> value`` run once, when it is created.
+      on_add_axis: hooks ``(variable, axis_index, axis_name) -> None`` run by
+        ``Variable.add_axis`` (a transform stacking the Variable along a new axis).
+      on_remove_axis: hooks ``(variable, axis_index, axis_name) -> None`` run by
+        ``Variable.remove_axis``.
       metadata: the Variable metadata to add.
+
+    Example:
+      >>> v = nnx.Param(nnx.VariableMetadata(jnp.ones(2), metadata={'note': 'tied'}))
+      >>> v.note
+      'tied'
     """
 
     raw_value: A
+    on_set_value: tuple[Hook, ...] = ()
+    on_get_value: tuple[Hook, ...] = ()
+    on_create_value: tuple[Hook, ...] = ()
+    on_add_axis: tuple[Hook, ...] = ()
+    on_remove_axis: tuple[Hook, ...] = ()
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.on_set_value, Mapping):  # the older two-field form (raw, metadata)
+            self.metadata = {**self.on_set_value, **self.metadata}
+            self.on_set_value = ()
+        for name in _HOOK_NAMES:
+            setattr(self, name, _as_hooks(getattr(self, name), name))
 
-_HOOK_NAMES = ("on_set_value", "on_get_value", "on_create_value", "on_add_axis", "on_remove_axis")
-_HOOKS_MESSAGE = (
-    "nnx.with_metadata got {names}: Variable hooks are not supported (flax.nnx 0.12 deprecates "
-    "them), so nothing would run them.\nFix: transform the value in the initializer itself "
-    "(what on_create_value did), or where your code reads or writes it, e.g. "
-    "`v.value = jnp.clip(x, -1, 1)`."
-)
+    def _hooks(self) -> dict[str, tuple[Hook, ...]]:
+        return {name: getattr(self, name) for name in _HOOK_NAMES if getattr(self, name)}
 
 
-def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[..., Any]:
+def _as_hooks(hooks: Any, name: str) -> tuple[Hook, ...]:
+    if not hooks:
+        return ()
+    if callable(hooks):
+        return (hooks,)
+    hooks = tuple(hooks)
+    bad = [h for h in hooks if not callable(h)]
+    if bad:
+        raise ArgumentError(
+            f"{name} takes a function or a sequence of functions; {bad[0]!r} is not callable."
+            f"\nFix: pass e.g. {name}=lambda variable, value: value."
+        )
+    return hooks
+
+
+def with_metadata(
+    initializer: Callable[..., Any],
+    on_set_value: Hook | tuple[Hook, ...] = (),
+    on_get_value: Hook | tuple[Hook, ...] = (),
+    on_create_value: Hook | tuple[Hook, ...] = (),
+    on_add_axis: Hook | tuple[Hook, ...] = (),
+    on_remove_axis: Hook | tuple[Hook, ...] = (),
+    **metadata: Any,
+) -> Callable[..., Any]:
     """Wraps an initializer so the Variable created from its result carries `metadata`.
 
     The wrapped initializer returns a :class:`VariableMetadata`; Variables unwrap it. Any
@@ -307,25 +199,38 @@ def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[
 
     Args:
       initializer: a function ``(key, shape, dtype) -> array``.
+      on_set_value: a hook (or hooks) ``(variable, value) -> value`` run on every assignment.
+      on_get_value: a hook (or hooks) ``(variable, value) -> value`` run on every read.
+      on_create_value: a hook (or hooks) ``(variable, value) -> value`` run at creation.
+      on_add_axis: a hook (or hooks) ``(variable, axis_index, axis_name)`` run by
+        ``Variable.add_axis``.
+      on_remove_axis: a hook (or hooks) ``(variable, axis_index, axis_name)`` run by
+        ``Variable.remove_axis``.
       **metadata: the metadata to attach (readable as attributes of the Variable).
 
     Returns:
       An initializer with the same arguments.
-
-    Raises:
-      ArgumentError: a Variable hook (``on_set_value``...) was given; nnx has no hooks.
 
     Example:
       >>> init = nnx.with_metadata(nnx.initializers.ones, note='tied')
       >>> layer = nnx.Linear(2, 3, kernel_init=init, rngs=nnx.Rngs(0))
       >>> layer.kernel.note, layer.kernel.value.sum().item()
       ('tied', 6.0)
+      >>> clip = nnx.with_metadata(nnx.initializers.ones, on_set_value=lambda v, x: x.clip(0, 1))
+      >>> w = nnx.Param(clip(jax.random.key(0), (2,)))
+      >>> w.value = jnp.array([-3.0, 3.0])
+      >>> w.value.tolist()
+      [0.0, 1.0]
     """
-    hooks = sorted(k for k in _HOOK_NAMES if metadata.get(k))
-    if hooks:
-        raise ArgumentError(_HOOKS_MESSAGE.format(names=", ".join(hooks)))
-    metadata = {k: v for k, v in metadata.items() if k not in _HOOK_NAMES}
-    return MetadataInitializer(initializer, metadata)
+    hooks = {
+        "on_set_value": on_set_value,
+        "on_get_value": on_get_value,
+        "on_create_value": on_create_value,
+        "on_add_axis": on_add_axis,
+        "on_remove_axis": on_remove_axis,
+    }
+    hooks = {k: _as_hooks(v, k) for k, v in hooks.items()}
+    return MetadataInitializer(initializer, metadata, {k: v for k, v in hooks.items() if v})
 
 
 class MetadataInitializer:
@@ -333,17 +238,25 @@ class MetadataInitializer:
     returns). A plain object rather than a closure: layers holding one pickle, and two
     built alike compare equal, so identically built layers share a GraphDef."""
 
-    __slots__ = ("__wrapped__", "metadata")
+    __slots__ = ("__wrapped__", "hooks", "metadata")
 
-    def __init__(self, initializer: Callable[..., Any], metadata: dict[str, Any]):
+    def __init__(
+        self,
+        initializer: Callable[..., Any],
+        metadata: dict[str, Any],
+        hooks: dict[str, tuple[Hook, ...]] | None = None,
+    ):
         self.__wrapped__ = initializer
         self.metadata = dict(metadata)
+        self.hooks = dict(hooks or {})
 
     def __call__(self, *args: Any, **kwargs: Any) -> VariableMetadata:
-        return VariableMetadata(self.__wrapped__(*args, **kwargs), dict(self.metadata))
+        value = self.__wrapped__(*args, **kwargs)
+        return VariableMetadata(value, metadata=dict(self.metadata), **self.hooks)
 
     def _key(self) -> tuple:
-        return (self.__wrapped__, tuple(sorted(self.metadata.items())))
+        hooks = tuple(sorted(self.hooks.items()))
+        return (self.__wrapped__, tuple(sorted(self.metadata.items())), hooks)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MetadataInitializer):
@@ -360,14 +273,48 @@ class MetadataInitializer:
             return hash((self.__wrapped__, tuple(sorted(self.metadata))))
 
     def __getstate__(self) -> tuple:
-        return (self.__wrapped__, self.metadata)
+        return (self.__wrapped__, self.metadata, self.hooks)
 
     def __setstate__(self, state: tuple) -> None:
-        self.__wrapped__, self.metadata = state
+        self.__wrapped__, self.metadata, *hooks = state
+        self.hooks = hooks[0] if hooks else {}
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.metadata.items())
         return f"with_metadata({self.__wrapped__!r}, {items})"
+
+
+def _run_hooks(hooks: Any, var: Variable, value: Any) -> Any:
+    for hook in hooks if isinstance(hooks, tuple) else (hooks,):
+        value = hook(var, value)
+    return value
+
+
+_REFS_MESSAGE = (
+    "{where} got {given}: nnx Variables never hold JAX array refs (flax's `ref`/`hijax` "
+    "modes). They are not needed: nnx keeps graph semantics through every transform and "
+    "its structure cache gives the speed flax gets from refs.\nFix: drop the argument (or "
+    "pass False); in-place updates (`v[...] = x`, `v.value = x`) already work everywhere."
+)
+
+
+def _refuse_refs(where: str, **flags: Any) -> None:
+    """Raises ArgumentError for a ``hijax=True`` / ``ref=True`` request."""
+    given = ", ".join(f"{k}={v!r}" for k, v in flags.items() if v)
+    raise ArgumentError(_REFS_MESSAGE.format(where=where, given=given))
+
+
+def _take_flag(cls: type, name: str, given: Any, extra: dict) -> Any:
+    """Pops flag `name` from VariableMetadata's metadata; it must agree with the argument."""
+    if name not in extra:
+        return given
+    value = extra.pop(name)
+    if given is not None and given != value:
+        raise ArgumentError(
+            f"nnx.{cls.__name__}: {name}={given!r} was passed, but the VariableMetadata "
+            f"value says {name}={value!r}.\nFix: give {name} in one place only."
+        )
+    return value
 
 
 class Variable(Generic[A]):
@@ -384,7 +331,12 @@ class Variable(Generic[A]):
       value: the initial value: an array, a scalar, or any pytree.
       **metadata: free-form metadata (e.g. ``out_sharding=('in', 'out')``, see ``nnx.spmd``),
         readable as attributes (``v.out_sharding``) and through :meth:`get_metadata`. `value`
-        may be a :class:`VariableMetadata`, whose metadata is added.
+        may be a :class:`VariableMetadata`, whose metadata and hooks are added.
+      hijax: flax's mutable-array-ref Variable mode. nnx never uses array refs (its structure
+        cache gives the speed): ``None``/``False`` are accepted, ``True`` raises ArgumentError.
+      ref: as `hijax`, for flax's plain array refs.
+      eager_sharding: place the value on the mesh now (``True``) or only annotate it
+        (``False``), overriding ``nnx.use_eager_sharding`` for this Variable; ``None`` follows it.
 
     Example:
       >>> w = nnx.Param(jnp.array([1.0, 2.0]))
@@ -403,20 +355,55 @@ class Variable(Generic[A]):
     # unflattened or copied in; assigning it a tracer of another trace raises (_check_frame).
     __slots__ = ("__weakref__", "_meta", "_nnx_stamp", "_nnx_trace", "_value")
     _nnx_collection: ClassVar[str | None] = None
+    _nnx_class_hooks: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, value: A, **metadata: Any):
+    def __init__(
+        self,
+        value: A | VariableMetadata[A],
+        *,
+        hijax: bool | None = None,
+        ref: bool | None = None,
+        eager_sharding: bool | None = None,
+        **metadata: Any,
+    ):
+        cls = type(self)
         if isinstance(value, VariableMetadata):
-            metadata = {**metadata, **value.metadata}
+            extra = dict(value.metadata)
+            hijax = _take_flag(cls, "hijax", hijax, extra)
+            ref = _take_flag(cls, "ref", ref, extra)
+            if "eager_sharding" in extra:
+                eager_sharding = _take_flag(cls, "eager_sharding", eager_sharding, extra)
+            metadata = {**metadata, **extra}
+            for name, hooks in value._hooks().items():
+                metadata.setdefault(name, hooks)
             value = value.raw_value
+        if hijax or ref:
+            _refuse_refs(f"nnx.{cls.__name__}", hijax=hijax, ref=ref)
         if isinstance(value, Variable):
             metadata = {**value._meta, **metadata}
             value = value._value
+        for name in cls._nnx_class_hooks:  # hooks defined as methods of a Variable subclass
+            metadata.setdefault(name, getattr(cls, name))
+        if eager_sharding is not None:
+            metadata["eager_sharding"] = bool(eager_sharding)
+        object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
+        if metadata:
+            create = metadata.get("on_create_value")
+            if create:
+                object.__setattr__(self, "_value", value)
+                value = _run_hooks(create, self, value)
+        if cls.create_value is not Variable.create_value:
+            object.__setattr__(self, "_value", value)
+            value = self.create_value(value)
         if metadata:
             # Places the value of a new Variable whose metadata asks for a sharding
             # (``out_sharding``) on the mesh; see nnx._sharding_meta (the floor below this one).
-            value = _place_new_value(type(self), value, metadata)
+            if eager_sharding and not using_eager_sharding():
+                with use_eager_sharding(True):
+                    value = _place_new_value(cls, value, metadata)
+            else:
+                value = _place_new_value(cls, value, metadata)
         object.__setattr__(self, "_value", value)
-        object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
         object.__setattr__(self, "_nnx_stamp", 0)
         _set_trace(self, _jax_trace.value)
         if _FRAMES:
@@ -424,41 +411,96 @@ class Variable(Generic[A]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._nnx_class_hooks = tuple(n for n in _HOOK_NAMES if callable(getattr(cls, n, None)))
         _register_pytree(cls)
 
     # -- value access -----------------------------------------------------------------
     @property
     def value(self) -> A:
-        """The held value."""
+        """The held value (after the ``on_get_value`` hooks, if it has any)."""
+        meta = self._meta
+        if meta and "on_get_value" in meta:
+            return _run_hooks(meta["on_get_value"], self, self._value)
         return self._value
 
     @value.setter
     def value(self, value: A) -> None:
         if isinstance(value, Variable):
             value = value._value
+        meta = self._meta
+        if meta and "on_set_value" in meta:
+            value = _run_hooks(meta["on_set_value"], self, value)
         if isinstance(value, _Tracer):  # the only cost on the hot path
             _check_frame(self, value)
         object.__setattr__(self, "_value", value)
 
-    raw_value = value
-
-    def get_value(self) -> A:
-        """Returns the held value (same as ``v.value``)."""
+    @property
+    def raw_value(self) -> A:
+        """The held value as stored, without running hooks."""
         return self._value
 
-    def set_value(self, value: A) -> None:
-        """Sets the held value (same as ``v.value = value``)."""
-        self.value = value
+    @raw_value.setter
+    def raw_value(self, value: A) -> None:
+        self.set_raw_value(value)
 
-    get_raw_value = get_value
-    set_raw_value = set_value
+    def get_value(self, *, index: Any = None) -> A:
+        """Returns the held value (same as ``v.value``), or ``v.value[index]``."""
+        if index is None:
+            return self.value
+        return self[index]
+
+    def set_value(self, value: A, *, index: Any = None) -> None:
+        """Sets the held value (same as ``v.value = value``), or ``v[index] = value``."""
+        if index is None:
+            self.value = value
+        else:
+            self[index] = value
+
+    def create_value(self, value: A) -> A:
+        """Called once with the initial value (after ``on_create_value`` hooks); a subclass
+        may override it to transform the value a Variable starts with."""
+        return value
+
+    def get_raw_value(self) -> A:
+        """Returns the held value as stored, without running hooks."""
+        return self._value
+
+    def set_raw_value(self, value: A, *, _unsafe_bypass_check: bool = False) -> None:
+        """Sets the held value, without running hooks."""
+        if isinstance(value, Variable):
+            value = value._value
+        if isinstance(value, _Tracer):
+            _check_frame(self, value)
+        object.__setattr__(self, "_value", value)
+
+    def add_axis(self, axis_index: int, axis_name: Any | None) -> None:
+        """Runs the ``on_add_axis`` hooks: a transform stacked this Variable along a new
+        axis at `axis_index` (named `axis_name`)."""
+        hooks = self._meta.get("on_add_axis")
+        if hooks:
+            for hook in hooks if isinstance(hooks, tuple) else (hooks,):
+                hook(self, axis_index, axis_name)
+
+    def remove_axis(self, axis_index: int, axis_name: Any | None) -> None:
+        """Runs the ``on_remove_axis`` hooks: a transform removed the axis `axis_index`
+        (named `axis_name`) from this Variable."""
+        hooks = self._meta.get("on_remove_axis")
+        if hooks:
+            for hook in hooks if isinstance(hooks, tuple) else (hooks,):
+                hook(self, axis_index, axis_name)
 
     def __getitem__(self, key: Any) -> Any:
+        meta = self._meta
+        if meta and "on_get_value" in meta:
+            return _run_hooks(meta["on_get_value"], self, self._value[key])  # type: ignore[index]
         return self._value[key]  # type: ignore[index]
 
     def __setitem__(self, key: Any, item: Any) -> None:
         if isinstance(item, Variable):
             item = item._value
+        meta = self._meta
+        if meta and "on_set_value" in meta:
+            item = _run_hooks(meta["on_set_value"], self, item)
         current = self._value
         if isinstance(current, jax.Array) or hasattr(current, "at"):
             new = current.at[key].set(item)  # type: ignore[union-attr]
@@ -475,16 +517,30 @@ class Variable(Generic[A]):
         object.__setattr__(self, "_value", new)
 
     # -- metadata ---------------------------------------------------------------------
-    def get_metadata(self, name: str | None = None, default: Any = _MISSING) -> Any:
+    def get_metadata(
+        self,
+        name: str | None = None,
+        default: Any = _MISSING,
+        *,
+        exclude_required: bool | None = None,
+    ) -> Any:
         """Returns all metadata as a dict, or one entry by name.
 
         Args:
           name: the entry to read; all metadata when omitted.
           default: returned when `name` is absent.
+          exclude_required: flax's switch to leave out its always-present entries
+            (``hijax``, ``ref``); nnx has none, so it changes nothing.
 
         Raises:
           KeyNotFoundError: `name` is absent and no default was given (also a KeyError).
+          ArgumentError: both `name` and `exclude_required` were given.
         """
+        if name is not None and exclude_required is not None:
+            raise ArgumentError(
+                f"{type(self).__name__}.get_metadata: give a name or exclude_required, not "
+                f"both.\nFix: v.get_metadata({name!r})."
+            )
         if name is None:
             return dict(self._meta)
         if name in self._meta:
@@ -542,8 +598,16 @@ class Variable(Generic[A]):
         """The Variable's class (``nnx.Param`` for a Param)."""
         return type(self)
 
-    def replace(self, value: Any = _MISSING, **metadata: Any) -> Variable[A]:
-        """A new Variable of the same type, with a new value and/or updated metadata."""
+    def replace(
+        self, value: Any = _MISSING, *, _copy_ref: bool = True, **updates: Any
+    ) -> Variable[A]:
+        """A new Variable of the same type, with a new value and/or updated metadata.
+
+        (`_copy_ref` is flax's array-ref switch; nnx holds no refs, so it changes nothing.)
+        """
+        metadata = updates
+        if value is _MISSING and "value" in metadata:
+            value = metadata.pop("value")
         new = self.copy()
         if value is not _MISSING:
             object.__setattr__(new, "_value", value)
@@ -551,8 +615,61 @@ class Variable(Generic[A]):
             object.__setattr__(new, "_meta", _Meta({**self._meta, **metadata}))
         return new
 
-    def copy(self) -> Variable[A]:
-        """A shallow copy: a new Variable sharing the (immutable) array value."""
+    def has_metadata(self, name: str) -> bool:
+        """Whether the Variable has a metadata entry `name`."""
+        return name in self._meta
+
+    def copy_from(self, other: Variable[A]) -> None:
+        """Takes the value and metadata of `other` (a Variable of the same type), in place.
+
+        Raises:
+          ArgumentError: `other` is of another type.
+        """
+        if type(other) is not type(self):
+            raise ArgumentError(
+                f"{type(self).__name__}.copy_from got a {type(other).__name__}: a Variable "
+                f"copies only from its own type.\nFix: pass a {type(self).__name__}, or "
+                f"v.set_value(other.get_value()) to take just the value."
+            )
+        if other is self:
+            return
+        self.set_raw_value(other._value)
+        if other._meta != self._meta:
+            object.__setattr__(self, "_meta", other._meta)
+            object.__setattr__(self, "_nnx_stamp", _version.bump())
+
+    def update_from_state(self, variable_state: Variable[A]) -> None:
+        """Takes the value (and metadata, when it differs) of `variable_state`, in place."""
+        self.set_raw_value(variable_state._value)
+        if variable_state._meta != self._meta:
+            object.__setattr__(self, "_meta", variable_state._meta)
+            object.__setattr__(self, "_nnx_stamp", _version.bump())
+
+    @classmethod
+    def from_metadata(cls, value: A, attributes: Mapping[str, Any]) -> Variable[A]:
+        """A Variable of this type holding `value` with metadata `attributes`, built without
+        ``__init__`` (no hooks or placement run). flax's ``hijax``/``ref`` entries are
+        dropped when False and refused when True."""
+        meta = dict(attributes)
+        hijax, ref = meta.pop("hijax", None), meta.pop("ref", None)
+        if hijax or ref:
+            _refuse_refs(f"nnx.{cls.__name__}.from_metadata", hijax=hijax, ref=ref)
+        new = _new(cls)
+        _set_value(new, value)
+        _set_meta(new, _Meta(meta) if meta else _EMPTY_META)
+        _set_stamp(new, 0)
+        _set_trace(new, _jax_trace.value)
+        if _FRAMES:
+            _FRAMES[-1].register(new)
+        return new
+
+    def copy(
+        self, value: Any = _MISSING, *, _copy_ref: bool = True, **updates: Any
+    ) -> Variable[A]:
+        """A shallow copy: a new Variable sharing the (immutable) array value; with `value`
+        and/or metadata `updates`, the copy holds those instead."""
+        if value is not _MISSING or updates:
+            return self.replace(value, **updates)
         new = _new(type(self))
         _set_value(new, self._value)  # slot descriptors directly: merge copies every leaf
         _set_meta(new, self._meta)
@@ -563,6 +680,7 @@ class Variable(Generic[A]):
         return new
 
     __copy__ = copy
+    to_state = copy
 
     def __deepcopy__(self, memo: dict) -> Variable[A]:
         import copy as _copy
@@ -776,8 +894,22 @@ _NAME_TO_TYPE: dict[str, type[Variable]] = {}
 _TYPE_TO_NAME: dict[type[Variable], str] = {}
 
 
-def register_variable_name(name: str, typ: type[Variable], *, overwrite: bool = False) -> None:
-    """Associates a collection name (as flax linen used: 'params') with a Variable type."""
+def register_variable_name(
+    name: str, typ: type[Variable] | None = None, *, overwrite: bool = False
+) -> Any:
+    """Associates a collection name (as flax linen used: 'params') with a Variable type.
+
+    Returns the type; without `typ`, returns a class decorator that registers it.
+
+    Example:
+      >>> @nnx.register_variable_name('my_stats_doc')
+      ... class MyStat(nnx.Variable):
+      ...   pass
+      >>> nnx.variable_type_from_name('my_stats_doc') is MyStat
+      True
+    """
+    if typ is None:
+        return lambda cls: register_variable_name(name, cls, overwrite=overwrite)
     if not overwrite and name in _NAME_TO_TYPE and _NAME_TO_TYPE[name] is not typ:
         raise ArgumentError(
             f"register_variable_name: the collection name {name!r} is already registered for "
@@ -786,10 +918,22 @@ def register_variable_name(name: str, typ: type[Variable], *, overwrite: bool = 
         )
     _NAME_TO_TYPE[name] = typ
     _TYPE_TO_NAME[typ] = name
+    return typ
 
 
-def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[Variable]:
-    """The Variable type registered for a collection name."""
+def variable_type_from_name(
+    name: str, /, *, base: type[Variable] = Variable, allow_register: bool = False
+) -> type[Variable]:
+    """The Variable type registered for a collection name; with ``allow_register=True`` an
+    unknown name gets a new subclass of `base`, registered under it.
+
+    Example:
+      >>> nnx.variable_type_from_name('params') is nnx.Param
+      True
+      >>> typ = nnx.variable_type_from_name('my_stats', base=nnx.BatchStat, allow_register=True)
+      >>> issubclass(typ, nnx.BatchStat), typ.__name__
+      (True, 'my_stats')
+    """
     if name not in _NAME_TO_TYPE:
         if not allow_register:
             raise ArgumentError(
@@ -797,7 +941,7 @@ def variable_type_from_name(name: str, *, allow_register: bool = False) -> type[
                 f"{sorted(_NAME_TO_TYPE)}.\nFix: nnx.register_variable_name({name!r}, MyType), "
                 "or pass allow_register=True to create a Variable type for it."
             )
-        typ = type(name, (Variable,), {"__slots__": ()})
+        typ = type(name, (base,), {"__slots__": ()})
         register_variable_name(name, typ)
     return _NAME_TO_TYPE[name]
 

@@ -14,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from ..errors import ArgumentError
 from ..module import Module
 from ..rngs import Rngs
 from ..variablelib import Param, Variable
@@ -75,8 +78,8 @@ class LoRA(Module):
         lora_param_type: type[Variable] = LoRAParam,
         promote_dtype: Callable = _promote_dtype,
         rngs: Rngs,
-        a_metadata: Mapping[str, Any] = {},
-        b_metadata: Mapping[str, Any] = {},
+        a_metadata: Mapping[str, Any] = MappingProxyType({}),
+        b_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
         check_positive(
             "LoRA", in_features=in_features, lora_rank=lora_rank, out_features=out_features
@@ -111,7 +114,8 @@ class LoRA(Module):
             materialize(self.b_initializer, stream, shape_b, self.param_dtype), **b_meta
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:
+        """``x @ lora_a @ lora_b``, plus ``base_module(x, **kwargs)`` when there is one."""
         if self.lora_a is None:
             if getattr(x, "ndim", 0) < 1:
                 check_features(self, x, -1)
@@ -125,8 +129,16 @@ class LoRA(Module):
         out = x @ a @ b
         if self.base_module is not None:
             if not callable(self.base_module):
-                raise ValueError("LoRA: base_module must be callable.")
-            out = self.base_module(x) + out
+                raise ArgumentError(
+                    f"LoRA: base_module is a {type(self.base_module).__name__}, which cannot be "
+                    "called.\nFix: pass a layer (e.g. nnx.Linear) or a function as base_module."
+                )
+            out = self.base_module(x, **kwargs) + out
+        elif kwargs:
+            raise ArgumentError(
+                f"LoRA got keyword arguments {sorted(kwargs)}, which go to base_module, but it "
+                "has no base_module.\nFix: drop them, or build it with base_module=...."
+            )
         return out
 
 
@@ -160,8 +172,8 @@ class LoRALinear(Linear):
         lora_param_type: type[Variable] = LoRAParam,
         lora_promote_dtype: Callable = _promote_dtype,
         rngs: Rngs,
-        a_metadata: Mapping[str, Any] = {},
-        b_metadata: Mapping[str, Any] = {},
+        a_metadata: Mapping[str, Any] = MappingProxyType({}),
+        b_metadata: Mapping[str, Any] = MappingProxyType({}),
         **kwargs: Any,
     ):
         super().__init__(in_features, out_features, rngs=rngs, **kwargs)
@@ -180,6 +192,17 @@ class LoRALinear(Linear):
             b_metadata=b_metadata,
         )
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        y = super().__call__(inputs)
-        return y + self.lora(inputs)
+    def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """The Linear output plus the adapter's; `out_sharding` constrains the output's
+        sharding (a PartitionSpec or Sharding), as in flax."""
+        if out_sharding is not None and _LINEAR_TAKES_SHARDING:
+            y = super().__call__(x, out_sharding=out_sharding)  # type: ignore[call-arg]
+        else:
+            y = super().__call__(x)
+        y = y + self.lora(x)
+        if out_sharding is not None and not _LINEAR_TAKES_SHARDING:
+            y = jax.lax.with_sharding_constraint(y, out_sharding)
+        return y
+
+
+_LINEAR_TAKES_SHARDING = "out_sharding" in inspect.signature(Linear.__call__).parameters

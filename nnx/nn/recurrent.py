@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -49,6 +50,15 @@ __all__ = [
 
 default_kernel_init = initializers.lecun_normal()
 default_recurrent_kernel_init = initializers.orthogonal()
+
+
+def modified_orthogonal(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32
+) -> jax.Array:
+    """The orthogonal initializer computed in float32 and then cast to `dtype` (stays
+    accurate for half-precision parameters); :class:`LSTMCell`'s recurrent default, as in
+    flax."""
+    return default_recurrent_kernel_init(key, shape, jnp.float32).astype(dtype)
 
 
 class RNNCellBase(Module):
@@ -184,9 +194,45 @@ class LSTMCell(_GatedCell):
       ((5, 3), (5, 3))
     """
 
-    def __init__(self, in_features: int | None, hidden_features: int, **kwargs: Any):
-        super().__init__(in_features, hidden_features, **kwargs)
-        rngs = kwargs["rngs"]
+    def __init__(
+        self,
+        in_features: int | None,
+        hidden_features: int,
+        *,
+        gate_fn: Callable = activations.sigmoid,
+        activation_fn: Callable = activations.tanh,
+        kernel_init: Callable = default_kernel_init,
+        recurrent_kernel_init: Callable = modified_orthogonal,
+        bias_init: Callable = initializers.zeros,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        carry_init: Callable | None = None,
+        promote_dtype: Callable = _promote_dtype,
+        keep_rngs: bool = False,
+        rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    ):
+        _GatedCell.__init__(
+            self,
+            in_features,
+            hidden_features,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+            kernel_metadata=kernel_metadata,
+            recurrent_kernel_metadata=recurrent_kernel_metadata,
+            bias_metadata=bias_metadata,
+        )
         hid = hidden_features
         for name in ("ii", "if_", "ig", "io"):
             setattr(self, name, _linear(self, in_features, hid, self.kernel_init, False, rngs))
@@ -227,9 +273,45 @@ class OptimizedLSTMCell(LSTMCell):
       (3, 12)
     """
 
-    def __init__(self, in_features: int | None, hidden_features: int, **kwargs: Any):
-        _GatedCell.__init__(self, in_features, hidden_features, **kwargs)
-        rngs = kwargs["rngs"]
+    def __init__(
+        self,
+        in_features: int | None,
+        hidden_features: int,
+        *,
+        gate_fn: Callable = activations.sigmoid,
+        activation_fn: Callable = activations.tanh,
+        kernel_init: Callable = default_kernel_init,
+        recurrent_kernel_init: Callable = default_recurrent_kernel_init,
+        bias_init: Callable = initializers.zeros,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        carry_init: Callable | None = None,
+        promote_dtype: Callable = _promote_dtype,
+        keep_rngs: bool = False,
+        rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    ):
+        _GatedCell.__init__(
+            self,
+            in_features,
+            hidden_features,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+            kernel_metadata=kernel_metadata,
+            recurrent_kernel_metadata=recurrent_kernel_metadata,
+            bias_metadata=bias_metadata,
+        )
         hid = hidden_features
         self.dense_i = _linear(self, in_features, 4 * hid, self.kernel_init, False, rngs)
         self.dense_h = _linear(self, hid, 4 * hid, self.recurrent_kernel_init, True, rngs)
@@ -258,9 +340,45 @@ class GRUCell(_GatedCell):
       (3,)
     """
 
-    def __init__(self, in_features: int | None, hidden_features: int, **kwargs: Any):
-        super().__init__(in_features, hidden_features, **kwargs)
-        rngs = kwargs["rngs"]
+    def __init__(
+        self,
+        in_features: int | None,
+        hidden_features: int,
+        *,
+        gate_fn: Callable = activations.sigmoid,
+        activation_fn: Callable = activations.tanh,
+        kernel_init: Callable = default_kernel_init,
+        recurrent_kernel_init: Callable = default_recurrent_kernel_init,
+        bias_init: Callable = initializers.zeros,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        carry_init: Callable | None = None,
+        promote_dtype: Callable = _promote_dtype,
+        keep_rngs: bool = False,
+        rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    ):
+        _GatedCell.__init__(
+            self,
+            in_features,
+            hidden_features,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+            kernel_metadata=kernel_metadata,
+            recurrent_kernel_metadata=recurrent_kernel_metadata,
+            bias_metadata=bias_metadata,
+        )
         hid = hidden_features
         self.dense_i = _linear(self, in_features, 3 * hid, self.kernel_init, True, rngs)
         self.dense_h = _linear(self, hid, 3 * hid, self.recurrent_kernel_init, False, rngs)

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import jax.numpy as jnp
 
+from .._graph_mode import check_tree, graph_mode
 from ..errors import NNXError, format_path, short_list
 from ..filters import Filter
 from ..graph import merge as _merge
@@ -51,24 +52,36 @@ class EMA(Pytree):
     model's Variables.
 
     Args:
-      model: the model (any graph object) whose Variables are averaged; the average starts
+      params: the model (any graph object) whose Variables are averaged; the average starts
         at their current values.
       decay: the weight of the old average, in [0, 1].
-      wrt: a filter choosing the averaged Variables (default ``nnx.Param``).
-      only: flax's name for ``wrt``.
+      only: a filter choosing the averaged Variables (default ``nnx.Param``; flax's default
+        is every Variable, ``...``).
+      graph: False refuses a model with shared references or cycles (flax's tree mode).
+      wrt: another name for `only` (as ``nnx.Optimizer`` calls it).
 
     Attributes:
       params: a State of Variables (same paths and types as ``nnx.state(model, wrt)``)
         holding the averages.
     """
 
-    def __init__(self, model: Any, decay: float, *, wrt: Filter = Param, only: Filter = _MISSING):
+    def __init__(
+        self,
+        params: Any,
+        decay: float,
+        *,
+        only: Filter = Param,
+        graph: bool | None = None,
+        wrt: Filter = _MISSING,
+    ):
         if not 0.0 <= decay <= 1.0:
             raise NNXError(
                 f"EMA: decay={decay} is not in [0, 1]. Fix: a value close to 1, e.g. 0.999."
             )
-        if only is not _MISSING:
-            wrt = only
+        if graph is False or (graph is None and not graph_mode(None)):
+            check_tree(params, "EMA")
+        model = params
+        wrt = only if wrt is _MISSING else wrt
         self.decay = decay
         self.wrt = wrt
         pairs = _flat_pairs(_state(model, wrt))
@@ -80,6 +93,11 @@ class EMA(Pytree):
                 + "\nFix: hold them in nnx.Param/nnx.Variable, or exclude them with wrt=."
             )
         self.params = data(from_flat_state(pairs))  # nnx.state made copies
+
+    @property
+    def filter(self) -> Filter:
+        """The filter choosing the averaged Variables (flax's attribute name)."""
+        return self.wrt
 
     def _pairs(self, model: Any) -> list[tuple[Any, Variable, Any]]:
         """(path, average Variable, model value) for every averaged path, checked first."""
@@ -100,11 +118,11 @@ class EMA(Pytree):
             )
         return out
 
-    def update(self, model: Any) -> None:
-        """Moves the averages towards the model's current values (in place; works inside
-        and outside ``nnx.jit``)."""
+    def update(self, updates: Any) -> None:
+        """Moves the averages towards the current values of `updates` (the model, or a State
+        of its structure), in place; works inside and outside ``nnx.jit``."""
         d = self.decay
-        for _, avg, value in self._pairs(model):
+        for _, avg, value in self._pairs(updates):
             old = avg._value
             avg.value = (d * old + (1.0 - d) * value).astype(jnp.result_type(old))
 

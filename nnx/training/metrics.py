@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..errors import NNXError
+from ..errors import ArgumentError, NNXError
 from ..filters import Filter
 from ..graph import split as _split
 from ..pytreelib import Pytree
@@ -33,6 +33,9 @@ class MetricState(Variable):
 
 class Metric(Pytree):
     """Base class: ``update(**batch)``, ``compute()``, ``reset()``."""
+
+    def __init__(self) -> None:
+        pass
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -91,11 +94,21 @@ class Accuracy(Average):
 
     Args:
       threshold: the decision threshold for binary scores.
+      *args: passed on to :class:`Average` (its `argname`), as in flax.
+      **kwargs: passed on to :class:`Average`.
     """
 
-    def __init__(self, threshold: float | None = None):
-        super().__init__("values")
-        self.threshold = threshold
+    def __init__(self, threshold: float | None = None, *args: Any, **kwargs: Any):
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int | float)
+        ):
+            raise ArgumentError(
+                f"Accuracy(threshold={threshold!r}): the threshold must be a number (the score "
+                "at or above which a prediction counts as positive).\nFix: e.g. "
+                "Accuracy(threshold=0.5), or Accuracy() for class scores."
+            )
+        super().__init__(*args, **kwargs)
+        self.threshold = None if threshold is None else float(threshold)
 
     def update(  # type: ignore[override]
         self, *, logits: Any, labels: Any, mask: Any = None, **_: Any
@@ -128,7 +141,7 @@ class Welford(Metric):
     """Running mean and variance (Welford/Chan's parallel update, stable across batches).
 
     ``update(values=x, mask=m)`` ignores the entries where ``m`` is False, as in
-    :class:`Average`.
+    :class:`Average` (flax's Welford ignores `mask`).
     """
 
     def __init__(self, argname: str = "values"):
@@ -141,7 +154,8 @@ class Welford(Metric):
         for v in (self.count, self.mean, self.m2):
             v.value = jnp.zeros_like(v.value)
 
-    def update(self, mask: Any = None, **kwargs: Any) -> None:
+    def update(self, **kwargs: Any) -> None:
+        mask = kwargs.pop("mask", None)
         values = jnp.asarray(_get(self, kwargs), jnp.float32)
         if mask is None:
             if values.size == 0:
@@ -171,7 +185,11 @@ class Welford(Metric):
 
 class MultiMetric(Metric):
     """Several named metrics updated together: ``update(**batch)`` passes every keyword to
-    every metric; ``compute()`` returns a dict."""
+    every metric; ``compute()`` returns a dict.
+
+    A ``mask=`` keyword goes to every metric, or, as a dict ``{metric_name: mask}``, to the
+    named metrics only (as in flax).
+    """
 
     def __init__(self, **metrics: Metric):
         clash = sorted(n for n in metrics if hasattr(MultiMetric, n) or n.startswith("_"))
@@ -188,9 +206,11 @@ class MultiMetric(Metric):
         for name in self._names:
             getattr(self, name).reset()
 
-    def update(self, **kwargs: Any) -> None:
+    def update(self, **updates: Any) -> None:
+        mask = updates.pop("mask", None)
         for name in self._names:
-            getattr(self, name).update(**kwargs)
+            m = mask.get(name) if isinstance(mask, dict) else mask
+            getattr(self, name).update(**updates, **({} if m is None else {"mask": m}))
 
     def compute(self) -> dict[str, Any]:
         return {name: getattr(self, name).compute() for name in self._names}

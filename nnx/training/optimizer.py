@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._graph_mode import check_tree, graph_mode
 from ..errors import AttributeNotFoundError, NNXError, format_path, short_list
 from ..filters import Filter
 from ..graph import _plain_key, is_node
@@ -252,7 +253,9 @@ class Optimizer(Pytree):
       tx: an ``optax.GradientTransformation`` (chains, schedules, ``multi_transform``,
         ``MultiSteps`` all work).
       wrt: a filter choosing the trained Variables (default ``nnx.Param``; e.g.
-        ``nnx.LoRAParam`` trains only adapters).
+        ``nnx.LoRAParam`` trains only adapters). flax requires it; nnx defaults it.
+      graph: False refuses a model with shared references or cycles (flax's tree mode);
+        None follows ``nnx.set_graph_mode``.
 
     Attributes:
       step: an ``OptState`` counter of applied updates.
@@ -263,7 +266,16 @@ class Optimizer(Pytree):
     # optax closures, nothing a reader can use.
     _nnx_repr_hide = ("tx",)
 
-    def __init__(self, model: Any, tx: optax.GradientTransformation, *, wrt: Filter = Param):
+    def __init__(
+        self,
+        model: Any,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: Filter = Param,
+        graph: bool | None = None,
+    ):
+        if graph is False or (graph is None and not graph_mode(None)):
+            check_tree(model, "Optimizer")
         self._init_state(model, tx, wrt)
         self._nnx_model = _Held(model)
 
