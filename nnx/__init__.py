@@ -1,25 +1,49 @@
 """nnx: object-oriented, mutable neural-network modules on JAX.
 
-Every public name is re-exported here explicitly; nothing is defined in this file.
+Every public name is re-exported here explicitly; nothing is defined in this file but the
+lazy attribute that imports the optional ``nnx.bridge`` (it needs flax.linen) on first use.
 """
 
+from jax.nn import identity as identity  # flax re-exports jax.nn.identity
+
 from . import checkpointing as checkpointing
+from . import compat as compat
+from . import deprecations as deprecations
 from . import errors as errors
+from . import extract as extract
 from . import filters as filterlib  # noqa: F401 - flax name
 from . import graph as graph
 from . import graph as graphlib  # noqa: F401 - flax name
+from . import helpers as helpers
 from . import locate as locate
 from . import nn as nn
+from . import pytreelib as object
 from . import rngs as rnglib  # noqa: F401 - flax name
 from . import state as statelib  # noqa: F401 - flax name
+from . import tracers as tracers
+from . import traversals as traversals
 from . import variablelib as variablelib
+from . import visualization as visualization
+from ._graph_mode import set_graph_mode as set_graph_mode
+from ._graph_mode import set_graph_updates as set_graph_updates
 from .checkpointing import CheckpointCorruptError as CheckpointCorruptError
 from .checkpointing import Checkpointer as Checkpointer
 from .checkpointing import CheckpointError as CheckpointError
 from .checkpointing import CheckpointMismatchError as CheckpointMismatchError
+from .contexts import MergeContext as MergeContext
+from .contexts import SplitContext as SplitContext
+from .contexts import UpdateContext as UpdateContext
+from .contexts import current_update_context as current_update_context
+from .contexts import merge_context as merge_context
+from .contexts import split_context as split_context
+from .contexts import update_context as update_context
 from .display import display as display
 from .errors import NNXError as NNXError
 from .errors import TraceContextError as TraceContextError
+from .extract import NodeStates as NodeStates
+from .extract import from_tree as from_tree
+from .extract import prefix as prefix
+from .extract import to_tree as to_tree
 from .filters import All as All
 from .filters import Any as Any
 from .filters import Everything as Everything
@@ -29,20 +53,33 @@ from .filters import OfType as OfType
 from .filters import PathContains as PathContains
 from .filters import WithTag as WithTag
 from .graph import GraphDef as GraphDef
+from .graph import GraphState as GraphState
+from .graph import PureState as PureState
 from .graph import call as call
 from .graph import clone as clone
+from .graph import find_duplicates as find_duplicates
 from .graph import flatten as flatten
 from .graph import graphdef as graphdef
 from .graph import is_node as is_node
 from .graph import iter_children as iter_children
 from .graph import iter_graph as iter_graph
+from .graph import iter_module_children as iter_module_children
 from .graph import merge as merge
 from .graph import pop as pop
 from .graph import split as split
 from .graph import state as state
 from .graph import unflatten as unflatten
+from .graph import unpack as unpack
 from .graph import update as update
 from .graph import variables as variables
+from .graph_tools import as_pure as as_pure
+from .graph_tools import filter_state as filter_state
+from .graph_tools import map as map  # flax name
+from .graph_tools import map_state as map_state
+from .graph_tools import pure as pure
+from .graph_tools import recursive_map as recursive_map
+from .graph_tools import set_metadata as set_metadata
+from .module import M as M
 from .module import Module as Module
 from .module import iter_modules as iter_modules
 from .nn import dtypes as _dtypes  # noqa: F401
@@ -108,11 +145,19 @@ from .nn.recurrent import RNNCellBase as RNNCellBase
 from .nn.recurrent import SimpleCell as SimpleCell
 from .nn.sequential import Sequential as Sequential
 from .nn.stochastic import Dropout as Dropout
+from .pytreelib import Data as Data
 from .pytreelib import Dict as Dict
+from .pytreelib import Initializer as Initializer
 from .pytreelib import List as List
 from .pytreelib import Object as Object
 from .pytreelib import Pytree as Pytree
+from .pytreelib import Static as Static
+from .pytreelib import check_pytree as check_pytree
 from .pytreelib import data as data
+from .pytreelib import dataclass as dataclass
+from .pytreelib import has_data as has_data
+from .pytreelib import is_data as is_data
+from .pytreelib import register_data_type as register_data_type
 from .pytreelib import static as static
 from .rngs import RngCount as RngCount
 from .rngs import RngKey as RngKey
@@ -123,6 +168,7 @@ from .rngs import fork_rngs as fork_rngs
 from .rngs import reseed as reseed
 from .rngs import restore_rngs as restore_rngs
 from .rngs import split_rngs as split_rngs
+from .rngs import with_rngs as with_rngs
 from .safetensors import load_safetensors as load_safetensors
 from .safetensors import load_safetensors_dict as load_safetensors_dict
 from .safetensors import safetensors_metadata as safetensors_metadata
@@ -141,10 +187,13 @@ from .state import State as State
 from .state import from_flat_state as from_flat_state
 from .state import merge_state as merge_state
 from .state import replace_by_pure_dict as replace_by_pure_dict
+from .state import restore_int_paths as restore_int_paths
+from .state import split_state as split_state
 from .state import to_flat_state as to_flat_state
 from .state import to_pure_dict as to_pure_dict
 from .summary import tabulate as tabulate
 from .training import metrics as metrics
+from .training import optimizer as optimizer
 from .training.ema import EMA as EMA
 from .training.metrics import Metric as Metric
 from .training.metrics import MultiMetric as MultiMetric
@@ -183,7 +232,12 @@ from .transforms.tracing import eval_shape as eval_shape
 from .transforms.tracing import get_abstract_model as get_abstract_model
 from .transforms.tracing import make_jaxpr as make_jaxpr
 from .transforms.vmap import StateAxes as StateAxes
+from .transforms.vmap import transform_metadata as transform_metadata
 from .transforms.vmap import vmap as vmap
+from .var_modes import var_defaults as var_defaults
+from .var_modes import vars_as as vars_as
+from .var_modes import with_vars as with_vars
+from .variablelib import A as A
 from .variablelib import BatchStat as BatchStat
 from .variablelib import Cache as Cache
 from .variablelib import Intermediate as Intermediate
@@ -195,3 +249,19 @@ from .variablelib import register_variable_name as register_variable_name
 from .variablelib import variable_name_from_type as variable_name_from_type
 from .variablelib import variable_type_from_name as variable_type_from_name
 from .variablelib import with_metadata as with_metadata
+from .views import capture as capture
+from .views import view as view
+from .views import view_info as view_info
+from .views import with_attributes as with_attributes
+
+
+def __getattr__(name: str) -> object:
+    # `nnx.bridge` (and flax's alias `nnx.wrappers`) need flax.linen: imported on first use
+    # only, so `import nnx` never imports flax. Without flax, nnx.bridge raises
+    # LinenNotInstalledError with the install command.
+    if name in ("bridge", "wrappers"):
+        import importlib
+
+        bridge = importlib.import_module(".bridge", __name__)
+        return bridge if name == "bridge" else bridge.wrappers
+    raise AttributeError(f"module 'nnx' has no attribute {name!r}")

@@ -38,17 +38,17 @@ def _in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def display(*objs: Any) -> None:
+def display(*args: Any) -> None:
     """Shows each object: interactive treescope HTML in a notebook, text elsewhere.
 
     Args:
-      *objs: anything; nnx objects (modules, Variables, States, GraphDefs, optimizers,
+      *args: anything; nnx objects (modules, Variables, States, GraphDefs, optimizers,
         metrics, ``nnx.List``/``nnx.Dict``) show their public configuration and their
         arrays' shapes and dtypes, without initializers or private fields.
     """
     if _in_notebook():
-        for obj in objs:
+        for obj in args:
             _treescope.show(obj)
         return
-    for obj in objs:
+    for obj in args:
         print(_treescope.text(obj))

@@ -547,7 +547,7 @@ def _add_costs(
 
 
 def tabulate(
-    model: Any,
+    obj: Any,
     *input_args: Any,
     depth: int | None = None,
     method: str = "__call__",
@@ -559,7 +559,7 @@ def tabulate(
     compute_vjp_flops: bool = False,
     **input_kwargs: Any,
 ) -> str:
-    """A table summarising `model`: one row per module call, with shapes, Variables, FLOPs.
+    """A table summarising `obj` (a model): a row per module call, with shapes, Variables, FLOPs.
 
     ``model.<method>(*input_args, **input_kwargs)`` runs once, abstractly
     (``jax.eval_shape`` on a copy: nothing is allocated, the model is left exactly as it
@@ -573,7 +573,7 @@ def tabulate(
     Printing is the caller's: the table is returned.
 
     Args:
-      model: a Module (or another nnx graph object with the method).
+      obj: the model, a Module (or another nnx graph object with the method).
       *input_args: the method's positional arguments: arrays or ``jax.ShapeDtypeStruct``.
       depth: how many module levels below the root to show (``0``: the root alone, ``1``:
         also its direct sub-modules, including those in lists and dicts); None shows all.
@@ -627,6 +627,7 @@ def tabulate(
                                Total Parameters: 90 (360 B)
     """
     del console_kwargs  # no console: the table is returned as text
+    model = obj
     _check_options(model, depth, method, row_filter, table_kwargs, column_kwargs)
     modules = dict(iter_modules(model))
     calls = _trace(model, method, input_args, input_kwargs)

@@ -1,5 +1,7 @@
 """flax.nnx 0.12 code runs unchanged: every public name of flax.nnx exists in nnx with the same
 parameters (names, kinds, order, defaults), except the deliberate differences listed here.
+Where nnx accepts more than flax (a default where flax requires the argument, a parameter
+that can also be passed by keyword), flax code cannot tell, so that counts as the same.
 
 The list below is the single record of those differences; ``docs/coming-from-flax.md`` shows
 it (its "Signature differences" table is checked against it both ways), so the page cannot
@@ -25,10 +27,29 @@ DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "coming-from-fl
 
 # name, or "name(param)", or "Class.method" -> why nnx differs. Keep each reason one line: it is
 # what the docs table shows.
-DIFFERENCES: dict[str, str] = {}
+DIFFERENCES: dict[str, str] = {
+    "Optimizer.update": "update(model, grads) as in flax, and update(grads) as before flax 0.11",
+    "ModelAndOptimizer.update": "update(grads) as in flax, and update(model, grads) too",
+    "EMA(only)": "averages the nnx.Params by default; flax averages every Variable",
+    "EMA(wrt)": "extra alias of only=, the name nnx.Optimizer uses",
+    "reseed(policy)": "'match_shape' by default, so batched (split) keys reseed too",
+    "restore_int_paths(reference)": "optional State: turns back into ints only its int keys",
+    "call(states)": "call(graphdef, state) works as well as flax's call((graphdef, state))",
+    "tabulate(row_filter)": "None keeps every row; nnx's RngStreams never appear as rows",
+    "GraphDef": "nnx's own hashable encoding, made by split/graphdef, never built by hand",
+    "GraphState": "made by nnx.unpack; fields graphdef and state, not flax's private names",
+    "SplitContext": "made by nnx.split_context; nnx's own index bookkeeping, no RefMap",
+    "UpdateContext": "made by nnx.update_context; no static cache (no cached_partial cache)",
+    "GraphDef.with_matching_outer_index": "flax's outer-index bookkeeping; nnx has none",
+    "GraphDef.with_no_outer_index": "flax's outer-index bookkeeping; nnx has none",
+    "GraphDef.with_same_outer_index": "flax's outer-index bookkeeping; nnx has none",
+}
 
 # flax.nnx names nnx does not provide, with the reason.
-ABSENT: dict[str, str] = {}
+ABSENT: dict[str, str] = {
+    "reprlib": "nnx objects describe themselves to treescope (nnx.display), not via __nnx_repr__",
+    "proxy_caller": "the machinery behind nnx.call and GraphDef.apply, which nnx provides",
+}
 
 
 def _flax_public() -> list[str]:
@@ -36,8 +57,12 @@ def _flax_public() -> list[str]:
 
 
 def _is_missing_sentinel(value: Any) -> bool:
+    """flax's ``Missing`` and nnx's private "no argument given" markers (a bare ``object()``,
+    a ``_Missing`` class): each library's way of saying "not passed", like ``None``."""
+    if type(value) is object:
+        return True
     cls = value if isinstance(value, type) else type(value)
-    return cls.__name__ == "Missing" and cls.__module__.startswith("flax")
+    return cls.__name__ in ("Missing", "_Missing") and cls.__module__.startswith(("flax", "nnx"))
 
 
 def _norm_default(value: Any) -> Any:
@@ -53,6 +78,8 @@ def _norm_default(value: Any) -> Any:
         return (type(value).__name__, tuple(_norm_default(v) for v in value))
     if isinstance(value, type):
         return ("type", value.__name__)
+    if type(value).__name__ == "_CarryType":  # nnx.Carry is a marker object, flax's a class
+        return ("type", "Carry")
     if callable(value):
         return "<callable>"  # initializers, promote_dtype, activation functions
     if type(value).__module__.startswith(("flax", "nnx")):
@@ -76,6 +103,19 @@ def _params(obj: Any) -> list[tuple[str, str, Any]] | None:
     return [(p.name, p.kind.name, _norm_default(p.default)) for p in params]
 
 
+def _accepts(ours: tuple, theirs: tuple) -> bool:
+    """Whether our parameter takes every call flax's takes: the same kind and default, or a
+    superset (a default where flax requires the argument; by keyword too where flax's is
+    positional-only). flax code never notices either."""
+    if ours == theirs:
+        return True
+    _, o_kind, o_default = ours
+    _, t_kind, t_default = theirs
+    kind_ok = o_kind == t_kind or (t_kind, o_kind) == ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")
+    default_ok = o_default == t_default or t_default == "<required>"
+    return kind_ok and default_ok
+
+
 def _diffs(name: str, theirs: list, ours: list) -> list[tuple[str, str]]:
     """(key, description) for each differing parameter; key is 'name(param)'."""
     out = []
@@ -84,7 +124,7 @@ def _diffs(name: str, theirs: list, ours: list) -> list[tuple[str, str]]:
     for pname, kind, default in theirs:
         if pname not in o:
             out.append((f"{name}({pname})", f"missing parameter {pname} ({kind})"))
-        elif o[pname] != (pname, kind, default):
+        elif not _accepts(o[pname], (pname, kind, default)):
             out.append((f"{name}({pname})", f"flax {kind} {default!r}, nnx {o[pname][1:]!r}"))
     for pname, kind, _ in ours:
         if pname not in t and kind not in ("VAR_KEYWORD",):
