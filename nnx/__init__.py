@@ -4,7 +4,6 @@ Every public name is re-exported here explicitly; nothing is defined in this fil
 lazy attribute that imports the optional ``nnx.bridge`` (it needs flax.linen) on first use.
 """
 
-from jax.nn import identity as identity  # flax re-exports jax.nn.identity
 
 from . import checkpointing as checkpointing
 from . import compat as compat
@@ -92,6 +91,7 @@ from .nn.activations import hard_sigmoid as hard_sigmoid
 from .nn.activations import hard_silu as hard_silu
 from .nn.activations import hard_swish as hard_swish
 from .nn.activations import hard_tanh as hard_tanh
+from .nn.activations import identity as identity
 from .nn.activations import leaky_relu as leaky_relu
 from .nn.activations import log_sigmoid as log_sigmoid
 from .nn.activations import log_softmax as log_softmax

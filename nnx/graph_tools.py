@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import jax
 
 from ._flatten import _is_pytree_with_data, _plain_key
-from ._graph_mode import check_tree, graph_mode
+from ._graph_mode import check_tree, graph_mode, iter_paths
 from .errors import ArgumentError, format_path
 from .filters import Filter
 from .graph import graphdef, is_node, merge, variables
@@ -118,8 +118,9 @@ def recursive_map(f: Callable[[Path, Any], Any], node: Any, /, *, graph: bool | 
       <root> Block
     """
     _tree_check(graph, node, "recursive_map")
-    if is_node(node):
-        node = merge(graphdef(node), variables(node))  # new containers, same Variables
+    if any(is_node(obj) for _, obj in iter_paths(node)):
+        # new Modules and containers (also inside a plain tuple/dict root), same Variables
+        node = merge(graphdef(node), variables(node))
     return _RecursiveMap(f).visit(node, ())
 
 

@@ -28,7 +28,7 @@ from ._graph_mode import check_tree, graph_mode
 from ._graph_mode import graph_updates as graph_updates_
 from .errors import ArgumentError, RngStreamError, format_path
 from .filters import Filter, to_predicate
-from .graph import flatten, is_node, iter_graph, unflatten
+from .graph import iter_graph
 from .graph_tools import recursive_map
 from .pytreelib import Pytree
 from .variablelib import Variable
@@ -314,11 +314,7 @@ def _rules(spec: Mapping[Filter, Any]) -> list[tuple[Filter, Callable, Any]]:
 
 
 def _map_copy(f: Callable[[tuple, Any], Any], node: Any, graph: bool | None) -> Any:
-    """``recursive_map`` on a copy of `node` (own Modules and containers, shared Variables),
-    whatever the root is (``recursive_map`` copies only a graph-node root)."""
-    if not is_node(node) and not isinstance(node, Variable):
-        graphdef, pairs = flatten(node)
-        node = unflatten(graphdef, [leaf for _, leaf in pairs])
+    """``recursive_map`` (which maps a copy: own Modules and containers, shared Variables)."""
     return recursive_map(f, node, graph=graph)
 
 

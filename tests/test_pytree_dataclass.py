@@ -5,6 +5,7 @@ programs as flax.nnx where flax is installed, the error messages, and a round-tr
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import warnings
 
 import jax
@@ -203,11 +204,14 @@ def test_check_pytree():
 
 
 def test_identity_and_initializer():
-    assert nnx.identity is jax.nn.identity
+    # jax's identity, wrapped like the other activations so modules holding it pickle
+    x = jnp.arange(3.0)
+    assert (nnx.identity(x) == jax.nn.identity(x)).all()
+    assert pickle.loads(pickle.dumps(nnx.identity)) is nnx.identity
     init: nnx.Initializer = nnx.initializers.lecun_normal()
     assert init(jax.random.key(0), (2, 2)).shape == (2, 2)
     flax_nnx = pytest.importorskip("flax.nnx")
-    assert flax_nnx.identity is nnx.identity
+    assert (flax_nnx.identity(x) == nnx.identity(x)).all()
     assert set(nnx.Initializer.__args__) == set(flax_nnx.Initializer.__args__)
 
 

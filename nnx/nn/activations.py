@@ -32,6 +32,7 @@ __all__ = [
     "hard_silu",
     "hard_swish",
     "hard_tanh",
+    "identity",
     "leaky_relu",
     "log_sigmoid",
     "log_softmax",
@@ -74,6 +75,7 @@ hard_sigmoid = _picklable(_jnn.hard_sigmoid, "hard_sigmoid")
 hard_silu = _picklable(_jnn.hard_silu, "hard_silu")
 hard_swish = _picklable(_jnn.hard_swish, "hard_swish")
 hard_tanh = _picklable(_jnn.hard_tanh, "hard_tanh")
+identity = _picklable(_jnn.identity, "identity")
 leaky_relu = _picklable(_jnn.leaky_relu, "leaky_relu")
 log_sigmoid = _picklable(_jnn.log_sigmoid, "log_sigmoid")
 log_softmax = _picklable(_jnn.log_softmax, "log_softmax")

@@ -113,6 +113,12 @@ def _linear(
     )
 
 
+def _arguments(frame_locals: dict[str, Any]) -> dict[str, Any]:
+    """A cell ``__init__``'s arguments, to hand on to ``_GatedCell.__init__``: each cell spells
+    out flax's full signature (so ``inspect.signature`` and editors show it) and forwards it."""
+    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
+
+
 class _GatedCell(RNNCellBase):
     """Shared constructor of the cells (argument storage and checks)."""
 
@@ -214,25 +220,7 @@ class LSTMCell(_GatedCell):
         recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        _GatedCell.__init__(
-            self,
-            in_features,
-            hidden_features,
-            gate_fn=gate_fn,
-            activation_fn=activation_fn,
-            kernel_init=kernel_init,
-            recurrent_kernel_init=recurrent_kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-            kernel_metadata=kernel_metadata,
-            recurrent_kernel_metadata=recurrent_kernel_metadata,
-            bias_metadata=bias_metadata,
-        )
+        _GatedCell.__init__(self, **_arguments(locals()))
         hid = hidden_features
         for name in ("ii", "if_", "ig", "io"):
             setattr(self, name, _linear(self, in_features, hid, self.kernel_init, False, rngs))
@@ -293,25 +281,7 @@ class OptimizedLSTMCell(LSTMCell):
         recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        _GatedCell.__init__(
-            self,
-            in_features,
-            hidden_features,
-            gate_fn=gate_fn,
-            activation_fn=activation_fn,
-            kernel_init=kernel_init,
-            recurrent_kernel_init=recurrent_kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-            kernel_metadata=kernel_metadata,
-            recurrent_kernel_metadata=recurrent_kernel_metadata,
-            bias_metadata=bias_metadata,
-        )
+        _GatedCell.__init__(self, **_arguments(locals()))
         hid = hidden_features
         self.dense_i = _linear(self, in_features, 4 * hid, self.kernel_init, False, rngs)
         self.dense_h = _linear(self, hid, 4 * hid, self.recurrent_kernel_init, True, rngs)
@@ -360,25 +330,7 @@ class GRUCell(_GatedCell):
         recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        _GatedCell.__init__(
-            self,
-            in_features,
-            hidden_features,
-            gate_fn=gate_fn,
-            activation_fn=activation_fn,
-            kernel_init=kernel_init,
-            recurrent_kernel_init=recurrent_kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-            kernel_metadata=kernel_metadata,
-            recurrent_kernel_metadata=recurrent_kernel_metadata,
-            bias_metadata=bias_metadata,
-        )
+        _GatedCell.__init__(self, **_arguments(locals()))
         hid = hidden_features
         self.dense_i = _linear(self, in_features, 3 * hid, self.kernel_init, True, rngs)
         self.dense_h = _linear(self, hid, 3 * hid, self.recurrent_kernel_init, False, rngs)
