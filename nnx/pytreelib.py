@@ -574,14 +574,30 @@ def _class_fields(cls: type) -> dict[str, bool]:
     return fields
 
 
+def _registered_inside(value: Any, seen: set[int]) -> Any:
+    """The first instance of a registered data type inside plain lists, tuples and dicts (a
+    walk of their items: dict keys of mixed types are fine, nothing is sorted)."""
+    if id(value) in seen:
+        return None
+    seen.add(id(value))
+    for item in value.values() if isinstance(value, dict) else value:
+        if type(item) in _DATA_TYPES:
+            return item
+        if isinstance(item, list | tuple | dict):
+            found = _registered_inside(item, seen)
+            if found is not None:
+                return found
+    return None
+
+
 def _registered_kind(obj: Pytree, name: str, value: Any) -> bool | None:
     """True for an instance of a registered data type; refuses one inside a container."""
     if type(value) in _DATA_TYPES:
         return True
     if isinstance(value, list | tuple | dict):
-        inner = [x for x in has_data(value) if type(x) in _DATA_TYPES]
-        if inner:
-            kind = type(inner[0]).__name__
+        inner = _registered_inside(value, set())
+        if inner is not None:
+            kind = type(inner).__name__
             raise ArgumentError(
                 f"{type(obj).__name__}.{name}: a {type(value).__name__} holding a "
                 f"{kind} (registered with nnx.register_data_type) cannot be stored: a "

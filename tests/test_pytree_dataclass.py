@@ -240,3 +240,21 @@ def test_property_dataclass_fields_round_trip(fields):
     leaves, treedef = jax.tree.flatten(obj)
     again = jax.tree.unflatten(treedef, leaves)
     assert [getattr(again, f"f{i}") for i in range(len(fields))] == [v for _, v in fields]
+
+
+def test_registered_data_types_do_not_break_dicts_with_mixed_keys():
+    # A registered data type makes every later attribute assignment look into plain
+    # containers for it; that look must not sort dict keys (an int and a str do not compare).
+    @nnx.register_data_type
+    class Marker:
+        pass
+
+    class M(nnx.Module):
+        pass
+
+    m = M()
+    m.d = {"p": nnx.BatchStat(jnp.ones(())), 0: nnx.BatchStat(jnp.zeros(()))}
+    assert {p for p, _ in nnx.state(m).flat_state()} == {("d", "p"), ("d", 0)}
+    with pytest.raises(nnx.errors.ArgumentError, match=r"M\.e: a dict holding a Marker"):
+        m.e = {"a": [Marker()], 1: 2}
+    assert not hasattr(m, "e")
