@@ -73,6 +73,7 @@ def _data():
     return x, y
 
 
+@pytest.mark.slow  # about 8 s; ToNNX against flax and linen stays in the default run
 def test_to_nnx_train_step_matches_linen_with_jax_jit_and_optax():
     x, y = _data()
     model = bridge.ToNNX(LinenNet(), rngs=nnx.Rngs(params=0, dropout=1)).lazy_init(x)

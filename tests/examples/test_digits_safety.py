@@ -108,6 +108,7 @@ def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two training runs in subprocesses, about 8 s
 def test_overwrite_replaces_only_the_old_checkpoints(tmp_path):
     out = tmp_path / "run"
     _fake_run(out / "checkpoints", steps=(1, 2, 5))
@@ -215,6 +216,7 @@ def _assert_same_run(out, reference) -> None:
         np.testing.assert_array_equal(_raw(a), _raw(b))
 
 
+@pytest.mark.slow  # an interrupted and a resumed run, about 7 s
 def test_resume_gives_the_same_final_metrics_as_an_uninterrupted_run(tmp_path, uninterrupted):
     whole, whole_out = uninterrupted
     out = tmp_path / "part"
