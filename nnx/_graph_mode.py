@@ -229,6 +229,13 @@ def check_tree(node: Any, fn_name: str) -> None:
         )
 
 
+def check_tree_mode(graph: bool | None, node: Any, fn_name: str) -> None:
+    """:func:`check_tree` when `graph` (resolved against ``set_graph_mode``) is False: the one
+    check every ``graph=`` argument of the graph API adds; nothing else runs otherwise."""
+    if graph is False or (graph is None and not graph_mode(None)):
+        check_tree(node, fn_name)
+
+
 def check_no_aliasing(values: Any, fn_name: str, what: str = "inputs") -> None:
     """Refuses a Variable reachable twice among a transform's inputs or outputs
     (``graph_updates=False``, as flax does)."""

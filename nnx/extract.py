@@ -304,7 +304,7 @@ def prefix(
     def is_var(x: Any) -> bool:
         return isinstance(x, Variable)
 
-    if graph is False or (graph is None and not graph_mode(None)):
+    if not graph_mode(graph):  # flax's tree mode: a plain pytree map
         check_tree(node, "prefix")
         return jax.tree_util.tree_map_with_path(
             lambda kp, x: prefix_fn(_nnx_path(kp), x), node, is_leaf=is_var

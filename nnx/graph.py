@@ -54,9 +54,8 @@ from ._flatten import (
 )
 from ._flatten import _flatten_full as _flatten_full  # used by the transforms and nn.lazy
 from ._flatten import _write_slot as _write_slot  # used by the transforms
-from ._graph_mode import check_tree as _check_tree
+from ._graph_mode import check_tree_mode
 from ._graph_mode import find_duplicates as find_duplicates
-from ._graph_mode import graph_mode as _graph_mode
 from ._graphdef import (
     _OBJ,
     GraphDef,
@@ -129,12 +128,6 @@ def is_node(value: Any) -> bool:
 
 
 # -- public API: flatten / unflatten ------------------------------------------------------
-def _tree_mode(graph: bool | None) -> bool:
-    """True when a ``graph=`` argument asks for flax's tree mode (``False``, or ``None``
-    under ``nnx.set_graph_mode(False)``)."""
-    return graph is False or (graph is None and not _graph_mode(None))
-
-
 _INDEX_MAPS = (
     "nnx.{fn} got {name}={value!r}: flax.nnx's {name} passes its internal reference maps "
     "between calls, which nnx does not expose (its flatten keeps shared references by "
@@ -180,8 +173,7 @@ def flatten(
         name = "ref_index" if ref_index is not None else "ref_outer_index"
         value = ref_index if ref_index is not None else ref_outer_index
         raise ArgumentError(_INDEX_MAPS.format(fn="flatten", name=name, value=value))
-    if _tree_mode(graph):
-        _check_tree(node, "flatten")
+    check_tree_mode(graph, node, "flatten")
     flat = _flatten_cached(node)
     if not with_paths:
         return flat.graphdef, [
@@ -250,8 +242,7 @@ def unflatten(
 # -- public API: split / merge / state / update -------------------------------------------
 def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
     """The GraphDef of an object graph (``graph=False``: refuse shared references)."""
-    if _tree_mode(graph):
-        _check_tree(node, "graphdef")
+    check_tree_mode(graph, node, "graphdef")
     return _flatten_cached(node).graphdef
 
 
@@ -300,8 +291,7 @@ def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple[Any, 
       >>> list(params), list(rest)
       (['w'], ['n'])
     """
-    if graph is False or (graph is None and not _graph_mode(None)):
-        _check_tree(node, "split")
+    check_tree_mode(graph, node, "split")
     flat = _flatten_cached(node)
     if not filters:
         return flat.graphdef, _snapshot_state(flat)
@@ -387,8 +377,7 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
       >>> list(nnx.state(M(), nnx.BatchStat))
       ['n']
     """
-    if graph is False or (graph is None and not _graph_mode(None)):
-        _check_tree(node, "state")
+    check_tree_mode(graph, node, "state")
     flat = _flatten_cached(node)
     if not filters:
         return _snapshot_state(flat)
@@ -413,8 +402,7 @@ def variables(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
       >>> model.bias.value
       Array([1., 1., 1.], dtype=float32)
     """
-    if graph is False or (graph is None and not _graph_mode(None)):
-        _check_tree(node, "variables")
+    check_tree_mode(graph, node, "variables")
     flat = _flatten_cached(node)
     pairs = list(zip(flat.paths, flat.leaves, strict=True))
     if not filters:
@@ -672,8 +660,7 @@ def clone(
             "arrays needs new Variables to hold them.\nFix: drop variables=False, or drop "
             "arrays=True to share both Variables and arrays."
         )
-    if graph is False or (graph is None and not _graph_mode(None)):
-        _check_tree(node, "clone")
+    check_tree_mode(graph, node, "clone")
     flat = _flatten_cached(node)
     if not variables:
         return _build(flat.graphdef, list(flat.leaves), False)
@@ -702,8 +689,7 @@ def iter_graph(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Pat
       >>> [(p, type(v).__name__) for p, v in nnx.iter_graph([M()])]
       [((0, 'w'), 'Param'), ((0,), 'M')]
     """
-    if graph is False or (graph is None and not _graph_mode(None)):
-        _check_tree(node, "iter_graph")
+    check_tree_mode(graph, node, "iter_graph")
     return _iter_graph(node)
 
 
@@ -787,8 +773,7 @@ def _checked_kind(node: Any, fn_name: str, graph: bool | None) -> int:
             f"nnx.Dict), got a {type(node).__name__}.\nFix: for a plain pytree iterate it "
             "directly, or use nnx.iter_graph(value) to walk every node inside it."
         )
-    if graph is False or (graph is None and not _graph_mode(None)):
-        _check_tree(node, fn_name)
+    check_tree_mode(graph, node, fn_name)
     return kind
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import jax
 
 from ._flatten import _is_pytree_with_data, _plain_key
-from ._graph_mode import check_tree, graph_mode, iter_paths
+from ._graph_mode import check_tree_mode, iter_paths
 from .errors import ArgumentError, format_path
 from .filters import Filter
 from .graph import graphdef, is_node, merge, variables
@@ -40,11 +40,6 @@ __all__ = [
 
 A = TypeVar("A")
 Path = tuple[Hashable, ...]
-
-
-def _tree_check(graph: bool | None, node: Any, fn_name: str) -> None:
-    if graph is False or (graph is None and not graph_mode(None)):
-        check_tree(node, fn_name)
 
 
 # -- map -----------------------------------------------------------------------------------
@@ -77,7 +72,7 @@ def map(  # flax name
       >>> bool((doubled.kernel.value == model.kernel.value * 2).all())
       True
     """
-    _tree_check(graph, node, "map")
+    check_tree_mode(graph, node, "map")
     if isinstance(node, Variable):
         out = f((), node)
         if recreate_variables and not isinstance(out, Variable):
@@ -117,7 +112,7 @@ def recursive_map(f: Callable[[Path, Any], Any], node: Any, /, *, graph: bool | 
       lin Linear
       <root> Block
     """
-    _tree_check(graph, node, "recursive_map")
+    check_tree_mode(graph, node, "recursive_map")
     if any(is_node(obj) for _, obj in iter_paths(node)):
         # new Modules and containers (also inside a plain tuple/dict root), same Variables
         node = merge(graphdef(node), variables(node))

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
-from ._graph_mode import check_tree, graph_mode
+from ._graph_mode import check_tree_mode
 from .errors import ArgumentError, AttributeNotFoundError
 from .filters import Filter, to_predicate
 from .graph import iter_graph
@@ -182,8 +182,7 @@ class Module(Pytree):
         """
         predicates = [to_predicate(f) for f in filters]
         targets: list[tuple[Module, str]] = []
-        if graph is False or (graph is None and not graph_mode(None)):
-            check_tree(self, "set_attributes")
+        check_tree_mode(graph, self, "set_attributes")
         for path, module in _iter_modules(self):
             if predicates and not any(p(path, module) for p in predicates):
                 continue
@@ -246,8 +245,7 @@ def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple
       ('linear',) Linear
       () Block
     """
-    if graph is False or (graph is None and not graph_mode(None)):
-        check_tree(module, "iter_modules")
+    check_tree_mode(graph, module, "iter_modules")
     return _iter_modules(module)
 
 

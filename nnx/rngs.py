@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
-from ._graph_mode import check_tree, graph_mode
+from ._graph_mode import check_tree_mode
 from ._graph_mode import graph_updates as graph_updates_
 from .errors import ArgumentError, RngStreamError, format_path
 from .filters import Filter, to_predicate
@@ -318,11 +318,6 @@ def _map_copy(f: Callable[[tuple, Any], Any], node: Any, graph: bool | None) -> 
     return recursive_map(f, node, graph=graph)
 
 
-def _tree_check(graph: bool | None, node: Any, fn_name: str) -> None:
-    if graph is False or (graph is None and not graph_mode(None)):
-        check_tree(node, fn_name)
-
-
 def with_rngs(
     node: Any = None,
     /,
@@ -484,7 +479,7 @@ def reseed(
             f"nnx.reseed: policy={policy!r} is not 'scalars_only', 'match_shape' or a "
             "callable.\nFix: policy='match_shape', or policy=lambda path, key, shape: ..."
         )
-    _tree_check(graph, node, "reseed")
+    check_tree_mode(graph, node, "reseed")
     for path, value in iter_graph(node):
         if isinstance(value, RngStream) and value.tag in stream_keys:
             key = _as_key(stream_keys[value.tag], value.tag)
@@ -592,7 +587,7 @@ def split_rngs(
             return value
 
         return _map_copy(split_one, node, graph)
-    _tree_check(graph, node, "split_rngs")
+    check_tree_mode(graph, node, "split_rngs")
     backups = SplitBackups()
     for path, value in iter_graph(node):
         if isinstance(value, RngStream) and test(path, value):
@@ -662,7 +657,7 @@ def fork_rngs(
             return value if found is None else value.fork(split=found[0])
 
         return _map_copy(fork_one, node, graph)
-    _tree_check(graph, node, "fork_rngs")
+    check_tree_mode(graph, node, "fork_rngs")
     backups = SplitBackups()
     for path, value in iter_graph(node):
         found = rule(path, value)
@@ -686,7 +681,7 @@ def backup_keys(node: Any, /, *, graph: bool | None = None) -> list[tuple[RngStr
       >>> bool(rngs.default.key.value == jax.random.key(0))
       True
     """
-    _tree_check(graph, node, "backup_keys")
+    check_tree_mode(graph, node, "backup_keys")
     return [(v, v.key.value) for _, v in iter_graph(node) if isinstance(v, RngStream)]
 
 

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import jax
 
-from ._graph_mode import check_tree, graph_mode
+from ._graph_mode import check_tree_mode
 
 # The machinery lives one and two floors down, so that variablelib.py, transforms/ and nn/
 # reach it without reaching up here; nnx.spmd is its public face (and keeps the private
@@ -135,8 +135,7 @@ def as_abstract(tree: T, graph: bool | None = None) -> T:
       >>> abstract.kernel.value.sharding.spec
       P('data', 'model')
     """
-    if graph is False or (graph is None and not graph_mode(None)):
-        check_tree(tree, "as_abstract")
+    check_tree_mode(graph, tree, "as_abstract")
     if is_node(tree):
         graphdef, state = split(tree)
         _shard_abstract(state, annotated_only=True, root=type(tree).__name__)

@@ -34,7 +34,7 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
-from ._graph_mode import check_tree, graph_mode
+from ._graph_mode import check_tree_mode
 from .errors import ArgumentError, AttributeNotFoundError, format_path
 from .filters import Filter, to_predicate
 from .graph import graphdef, iter_graph, merge, pop, variables
@@ -52,14 +52,9 @@ Path = tuple[Hashable, ...]
 _MODE_ATTRIBUTES = ("deterministic", "use_running_average")
 
 
-def _tree_mode(graph: bool | None) -> bool:
-    return graph is False or (graph is None and not graph_mode(None))
-
-
 def _new_structure(node: Any, fn_name: str, graph: bool | None) -> Any:
     """A copy of the graph with new Modules and containers over the same Variables."""
-    if _tree_mode(graph):
-        check_tree(node, fn_name)
+    check_tree_mode(graph, node, fn_name)
     return merge(graphdef(node), variables(node))
 
 
@@ -223,8 +218,7 @@ def view_info(node: Module, /, *, only: Filter = ..., graph: bool | None = None)
         deterministic: bool | None = False
           the module's attribute (Module.train()/eval() switch it)
     """
-    if _tree_mode(graph):
-        check_tree(node, "view_info")
+    check_tree_mode(graph, node, "view_info")
     predicate = to_predicate(only)
     lines: list[str] = []
     seen: dict[type, Any] = {}

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import jax.numpy as jnp
 
-from .._graph_mode import check_tree, graph_mode
+from .._graph_mode import check_tree_mode
 from ..errors import NNXError, format_path, short_list
 from ..filters import Filter
 from ..graph import merge as _merge
@@ -78,8 +78,7 @@ class EMA(Pytree):
             raise NNXError(
                 f"EMA: decay={decay} is not in [0, 1]. Fix: a value close to 1, e.g. 0.999."
             )
-        if graph is False or (graph is None and not graph_mode(None)):
-            check_tree(params, "EMA")
+        check_tree_mode(graph, params, "EMA")
         model = params
         wrt = only if wrt is _MISSING else wrt
         self.decay = decay

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._graph_mode import check_tree, graph_mode
+from .._graph_mode import check_tree_mode
 from ..errors import AttributeNotFoundError, NNXError, format_path, short_list
 from ..filters import Filter
 from ..graph import _plain_key, is_node
@@ -274,8 +274,7 @@ class Optimizer(Pytree):
         wrt: Filter = Param,
         graph: bool | None = None,
     ):
-        if graph is False or (graph is None and not graph_mode(None)):
-            check_tree(model, "Optimizer")
+        check_tree_mode(graph, model, "Optimizer")
         self._init_state(model, tx, wrt)
         self._nnx_model = _Held(model)
 

@@ -3,6 +3,8 @@
 
 By default ``nnx.grad`` differentiates the ``nnx.Param`` Variables of argument 0 and returns
 their gradients as a :class:`State` of the same shape as ``nnx.state(model, nnx.Param)``.
+Variables held directly in a plain pytree argument (a State, a dict), outside any Module, are
+all differentiated, as in flax.
 Other state the function changes (BatchNorm statistics, RNG counters) is written back.
 
 Example:
@@ -258,8 +260,9 @@ def grad(
 
     Args:
       f: the function; its argument `argnums` may be a Module (or any graph object).
-      argnums: an int (that argument's ``nnx.Param``s; plain arrays as themselves), a
-        ``DiffState(argnum, filter)`` to choose other Variables, or a sequence of those.
+      argnums: an int (the ``nnx.Param``s of the Modules in that argument; Variables and
+        arrays outside any Module as themselves), a ``DiffState(argnum, filter)`` to choose
+        other Variables, or a sequence of those.
       has_aux: `f` returns ``(loss, aux)``; the result is then ``(grads, aux)``.
       reduce_axes: kept for flax compatibility; anything but ``()`` raises (as in flax).
       graph: False refuses arguments sharing Variables or sub-objects (flax's tree mode).
