@@ -170,7 +170,8 @@ def test_is_data_and_has_data_same_as_flax_on_leaves(make):
 
 
 def test_is_data_counts_containers_holding_data():
-    # a deliberate difference: nnx makes such containers data (DESIGN.md, decision 3)
+    # a deliberate difference: nnx makes such containers data (docs/coming-from-flax.md,
+    # "Plain lists and dicts of modules just work")
     assert nnx.is_data([1, jnp.ones(1)]) and not nnx.is_data([1, 2])
     w = nnx.Param(jnp.ones(1))
     found = nnx.has_data({"a": [w, 1], "b": (w, jnp.zeros(1))})

@@ -19,7 +19,8 @@ from nnx import _version
 
 @pytest.fixture(autouse=True)
 def _no_warnings():
-    """Decision 2 of DESIGN.md: every access form works without a (deprecation) warning."""
+    """Every access form works without a (deprecation) warning: docs/coming-from-flax.md,
+    "`.value` and `[...]`, without warnings"."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
