@@ -354,7 +354,7 @@ def generate(
 
 
 # -- the job ---------------------------------------------------------------------------------
-def _save_plot(history: dict[str, list], path: str) -> None:
+def _save_plot(history: dict[str, list], uniform_loss: float, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,7 +363,7 @@ def _save_plot(history: dict[str, list], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(history["step"], history["train_loss"], alpha=0.4, label="train (batch)")
     ax.plot(history["val_step"], history["val_loss"], "o-", label="validation")
-    ax.axhline(history["uniform_loss"], color="gray", linestyle="--", label="uniform guess")
+    ax.axhline(uniform_loss, color="gray", linestyle="--", label="uniform guess")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats / char)")
     ax.set_title("nnx character transformer on Python stdlib sources")
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out_dir = os.path.abspath(args.out)
         os.makedirs(out_dir, exist_ok=True)
         plot = os.path.join(out_dir, "loss.png")
-        _save_plot({**history, "uniform_loss": uniform}, plot)
+        _save_plot(history, uniform, plot)
         with nnx.Checkpointer(os.path.join(out_dir, "checkpoints")) as ckpt:
             ckpt.save(
                 args.steps,

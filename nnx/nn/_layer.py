@@ -8,6 +8,7 @@ call; :func:`materialize` then draws from it. Parameter creation runs under
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,9 +19,13 @@ from ..locate import describe
 from ..rngs import Rngs, RngStream
 
 __all__ = [
+    "Axes",
     "check_features",
     "check_positive",
     "check_rank",
+    "config_axes",
+    "config_epsilon",
+    "feature_param_shape",
     "lazy_stream",
     "materialize",
 ]
@@ -77,3 +82,33 @@ def check_rank(module: Any, x: Any, min_rank: int, what: str) -> None:
             f"array of shape {getattr(x, 'shape', None)}.\nFix: add the missing axes, e.g. "
             "x[None] for a batch of one."
         )
+
+
+# -- shared by the normalisation layers and the wrappers of nn/reparam.py ------------------
+Axes = int | Sequence[int]
+
+
+def config_axes(layer: str, name: str, axes: object) -> int | tuple[int, ...]:
+    """`axes` as given (int or tuple of ints), or ConfigError."""
+    items = (axes,) if not isinstance(axes, Sequence) else tuple(axes)
+    ints = [int(a) for a in items if not isinstance(a, bool) and isinstance(a, numbers.Integral)]
+    if not items or len(ints) != len(items):
+        raise ConfigError(
+            f"{layer}: {name} must be an int or a non-empty sequence of ints, got {axes!r}."
+        )
+    return ints[0] if isinstance(axes, numbers.Integral) else tuple(ints)
+
+
+def config_epsilon(layer: str, epsilon: object) -> None:
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, numbers.Real)
+        or epsilon < 0
+        or epsilon != epsilon  # NaN
+    ):
+        raise ConfigError(f"{layer}: epsilon must be a non-negative number, got {epsilon!r}.")
+
+
+def feature_param_shape(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of per-feature parameters: `x`'s sizes on `feature_axes`, 1 elsewhere."""
+    return tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))

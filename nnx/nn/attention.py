@@ -405,6 +405,20 @@ class MultiHeadAttention(Module):
         query_ln_scale_metadata, key_ln_scale_metadata: extra Variable metadata.
     """
 
+    # Sizes left None are inferred on a lazy layer's first call, with the sublayers.
+    in_features: int | None
+    in_kv_features: int | None
+    qkv_features: int | None
+    out_features: int | None
+    head_dim: int | None
+    query: LinearGeneral | None
+    key: LinearGeneral | None
+    value: LinearGeneral | None
+    out: LinearGeneral | None
+    query_ln: LayerNorm | None  # None as well without normalize_qk
+    key_ln: LayerNorm | None
+    lazy_rngs: RngStream
+
     def __init__(
         self,
         num_heads: int,
@@ -518,7 +532,8 @@ class MultiHeadAttention(Module):
             self.query_ln = self.key_ln = None
             self.lazy_rngs = lazy_stream(rngs, layer)
         else:
-            self._build(in_features, self.in_kv_features, rngs)  # type: ignore[arg-type]
+            kv = in_kv_features if in_kv_features is not None else in_features
+            self._build(in_features, kv, rngs)
 
     def _build(self, in_features: int, in_kv_features: int, rngs: Rngs) -> None:
         """Creates the projections (at construction, or on the first call when lazy)."""
@@ -642,17 +657,21 @@ class MultiHeadAttention(Module):
         for x in (inputs_q, inputs_k, inputs_v):
             check_rank(self, x, 2, what)
         self._materialize(inputs_q.shape[-1], inputs_k.shape[-1])
-        check_features(self, inputs_q, self.in_features)  # type: ignore[arg-type]
-        check_features(self, inputs_k, self.in_kv_features, name="in_kv_features")  # type: ignore[arg-type]
-        check_features(self, inputs_v, self.in_kv_features, name="in_kv_features")  # type: ignore[arg-type]
+        # _materialize has built a lazy layer by now.
+        assert self.in_features is not None and self.in_kv_features is not None
         assert self.query is not None and self.key is not None and self.value is not None
+        assert self.out is not None
+        check_features(self, inputs_q, self.in_features)
+        check_features(self, inputs_k, self.in_kv_features, name="in_kv_features")
+        check_features(self, inputs_v, self.in_kv_features, name="in_kv_features")
 
         query = self.query(inputs_q, out_sharding=qkv_sharding)
         key = self.key(inputs_k, out_sharding=qkv_sharding)
         value = self.value(inputs_v, out_sharding=qkv_sharding)
         if self.normalize_qk:
-            query = self.query_ln(query)  # type: ignore[misc]
-            key = self.key_ln(key)  # type: ignore[misc]
+            assert self.query_ln is not None and self.key_ln is not None  # built with them
+            query = self.query_ln(query)
+            key = self.key_ln(key)
 
         decode = decode if decode is not None else bool(self.decode)
         if decode:
@@ -697,7 +716,7 @@ class MultiHeadAttention(Module):
             module=self if sow_weights else None,
             **extra,
         )
-        return self.out(x, out_sharding=out_sharding)  # type: ignore[misc]
+        return self.out(x, out_sharding=out_sharding)
 
     def _decode_step(
         self, key: jax.Array, value: jax.Array, mask: jax.Array | None

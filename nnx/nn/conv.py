@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
-from ..rngs import Rngs
+from ..rngs import Rngs, RngStream
 from ..variablelib import Param
 from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
@@ -68,16 +68,21 @@ def _as_int(value: Any) -> int | None:
 
 def _kernel_size(layer: str, kernel_size: Any) -> tuple[int, ...]:
     single = _as_int(kernel_size)
-    sizes = (single,) if single is not None else None
-    if sizes is None and isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str):
-        sizes = tuple(_as_int(k) for k in kernel_size)
-    if not sizes or any(k is None or k <= 0 for k in sizes):
+    items: list[int | None]
+    if single is not None:
+        items = [single]
+    elif isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str):
+        items = [_as_int(k) for k in kernel_size]
+    else:
+        items = []
+    sizes = tuple(k for k in items if k is not None and k > 0)
+    if not sizes or len(sizes) != len(items):
         raise ConfigError(
             f"{layer}: kernel_size must be a positive int (1D) or a non-empty sequence of "
             f"positive ints, one per spatial axis; got {kernel_size!r}.\n"
             "Fix: e.g. kernel_size=3 or kernel_size=(3, 3)."
         )
-    return sizes  # type: ignore[return-value]
+    return sizes
 
 
 def _per_axis(layer: str, name: str, value: Any, rank: int) -> tuple[int, ...]:
@@ -88,9 +93,10 @@ def _per_axis(layer: str, name: str, value: Any, rank: int) -> tuple[int, ...]:
     if single is not None and single > 0:
         return (single,) * rank
     if isinstance(value, Sequence) and not isinstance(value, str):
-        values = tuple(_as_int(v) for v in value)
-        if len(values) == rank and all(v is not None and v > 0 for v in values):
-            return values  # type: ignore[return-value]
+        items = [_as_int(v) for v in value]
+        values = tuple(v for v in items if v is not None and v > 0)
+        if len(items) == rank and len(values) == rank:
+            return values
     raise ConfigError(
         f"{layer}: {name} must be a positive int or a sequence of {rank} positive ints (one per "
         f"spatial axis of kernel_size, which has {rank}); got {value!r}.\n"
@@ -213,9 +219,10 @@ class _Kernel:
     param_dtype: Any
     kernel_init: Callable
     bias_init: Callable
-    lazy_rngs: Any
-    kernel: Param | None
-    bias: Param | None
+    lazy_rngs: RngStream
+    kernel_shape: tuple[int, ...] | None  # None until a lazy layer's first call
+    kernel: Param[jax.Array] | None
+    bias: Param[jax.Array] | None
     _meta: tuple[tuple, tuple]
 
     def _kernel_shape(self, in_features: int) -> tuple[int, ...]:
@@ -229,7 +236,7 @@ class _Kernel:
                 f"Fix: build the mask with shape {shape}."
             )
 
-    def _create(self, in_features: int, stream: Any) -> None:
+    def _create(self, in_features: int, stream: RngStream) -> None:
         kernel_meta, bias_meta = (dict(m) for m in self._meta)
         shape = self._kernel_shape(in_features)
         self.in_features = in_features
@@ -252,7 +259,8 @@ class _Kernel:
         if self.kernel is None:
             self._materialize(inputs.shape[-1])
             del self.lazy_rngs
-        check_features(self, inputs, self.in_features)  # type: ignore[arg-type]
+        assert self.kernel is not None and self.in_features is not None  # created by now
+        check_features(self, inputs, self.in_features)
         kernel = self.kernel.value
         if self.mask is not None:
             kernel = kernel * self.mask
@@ -399,7 +407,9 @@ class Conv(_Kernel, Module):
         strides = _per_axis("Conv", "strides", self.strides, rank)
         input_dilation = _per_axis("Conv", "input_dilation", self.input_dilation, rank)
         kernel_dilation = _per_axis("Conv", "kernel_dilation", self.kernel_dilation, rank)
-        padding = _padding("Conv", self.padding, rank, _CONV_PADDINGS)
+        padding: str | Sequence[tuple[int, int]] = _padding(
+            "Conv", self.padding, rank, _CONV_PADDINGS
+        )
         if padding in ("CIRCULAR", "REFLECT"):
             # Pad so that a VALID convolution keeps the size: the dilated kernel's extent minus
             # one, split with the odd one on the high side.

@@ -15,10 +15,11 @@ from typing import Any
 
 import jax
 
-from .._sharding_meta import _place_new_value, use_eager_sharding, using_eager_sharding
+from .._flatten import flatten_full
+from .._sharding_meta import place_new_value, use_eager_sharding, using_eager_sharding
 from ..errors import ShapeError
-from ..graph import _flatten_full, state
-from ..state import _flat_pairs
+from ..graph import state
+from ..state import flat_pairs
 from ..variablelib import Variable
 
 __all__ = ["lazy_init", "note_created"]
@@ -51,7 +52,7 @@ def lazy_init(model: Any, *example_args: Any, **example_kwargs: Any) -> Any:
     anything. State the call would have changed (BatchNorm statistics, counters) is left as
     it was. Returns `model`, ready to split, checkpoint or jit.
     """
-    before = dict(_flat_pairs(state(model)))
+    before = dict(flat_pairs(state(model)))
     args, kwargs = jax.tree_util.tree_map(_abstract, (example_args, example_kwargs))
 
     def run(args: Any, kwargs: Any) -> None:
@@ -85,10 +86,10 @@ def lazy_init(model: Any, *example_args: Any, **example_kwargs: Any) -> Any:
         for path, leaf in zip(*_paths_and_leaves(model), strict=True):
             if isinstance(leaf, Variable) and path not in before:
                 meta = leaf.get_metadata()
-                object.__setattr__(leaf, "_value", _place_new_value(type(leaf), leaf._value, meta))
+                object.__setattr__(leaf, "_value", place_new_value(type(leaf), leaf._value, meta))
     return model
 
 
 def _paths_and_leaves(model: Any) -> tuple[list, list]:
-    flat = _flatten_full(model)
+    flat = flatten_full(model)
     return flat.paths, flat.leaves

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ..module import Module
-from ..rngs import Rngs
+from ..rngs import Rngs, RngStream
 from ..variablelib import Param
 from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
@@ -46,6 +46,11 @@ class Linear(Module):
       rngs: random streams; ``params`` (or ``default``) initialises the parameters.
       kernel_metadata, bias_metadata: extra Variable metadata (e.g. sharding names).
     """
+
+    in_features: int | None
+    kernel: Param[jax.Array] | None  # None until a lazy layer's first call
+    bias: Param[jax.Array] | None
+    lazy_rngs: RngStream
 
     def __init__(
         self,
@@ -85,7 +90,7 @@ class Linear(Module):
         else:
             self._create(in_features, rngs.params)
 
-    def _create(self, in_features: int, stream: Any) -> None:
+    def _create(self, in_features: int, stream: RngStream) -> None:
         kernel_meta, bias_meta = (dict(m) for m in self._meta)
         self.in_features = in_features
         self.kernel = Param(
@@ -109,8 +114,9 @@ class Linear(Module):
                 check_features(self, inputs, -1)
             self._create(inputs.shape[-1], self.lazy_rngs)
             del self.lazy_rngs
-        check_features(self, inputs, self.in_features)  # type: ignore[arg-type]
-        kernel = self.kernel.value  # type: ignore[union-attr]
+        assert self.kernel is not None and self.in_features is not None  # created by now
+        check_features(self, inputs, self.in_features)
+        kernel = self.kernel.value
         bias = self.bias.value if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         y = self.dot_general(

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from ..errors import ConfigError, ShapeError
 from ..locate import describe
 from ..module import Module
-from ..rngs import Rngs
+from ..rngs import Rngs, RngStream
 from ..variablelib import Param, VariableMetadata
 from . import initializers
 from ._layer import lazy_stream, materialize
@@ -108,7 +108,7 @@ def _reshaped_init(init: Callable, flat_shape: tuple[int, ...]) -> Callable:
     def run(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> Any:
         value = init(key, flat_shape, dtype)
         if isinstance(value, VariableMetadata):  # nnx.with_metadata / with_partitioning
-            return VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
+            return VariableMetadata(jnp.reshape(value.raw_value, shape), metadata=value.metadata)
         return jnp.reshape(value, shape)
 
     return run
@@ -139,6 +139,11 @@ class LinearGeneral(Module):
       kernel_metadata, bias_metadata: extra Variable metadata (e.g. sharding names).
     """
 
+    in_features: tuple[int | None, ...] | None  # None (entries) until the first call
+    kernel: Param[jax.Array] | None  # None until a lazy layer's first call
+    bias: Param[jax.Array] | None
+    lazy_rngs: RngStream
+
     def __init__(
         self,
         in_features: int | Sequence[int] | None,
@@ -160,13 +165,14 @@ class LinearGeneral(Module):
         kernel_metadata: Mapping[str, Any] = _FrozenMap(),
         bias_metadata: Mapping[str, Any] = _FrozenMap(),
     ):
-        axes = (axis,) if _int(axis) is not None else axis
-        if not (isinstance(axes, Sequence) and len(axes) > 0) or any(_int(a) is None for a in axes):
+        items = (axis,) if _int(axis) is not None else axis
+        ints = [_int(a) for a in items] if isinstance(items, Sequence) else []
+        axes = tuple(a for a in ints if a is not None)
+        if not ints or len(axes) != len(ints):
             raise ConfigError(
                 f"LinearGeneral: axis must be an int or a non-empty sequence of ints; got "
                 f"{axis!r}.\nFix: e.g. axis=-1 or axis=(-2, -1)."
             )
-        axes = tuple(_int(a) for a in axes)
         if len(set(axes)) != len(axes):
             raise ConfigError(f"LinearGeneral: axis {axes} names an axis twice.")
         self.axis = axes
@@ -183,7 +189,7 @@ class LinearGeneral(Module):
         self.out_features = _sizes("LinearGeneral", "out_features", out_features, allow_none=False)
         batch = dict(batch_axis)
         if batch:
-            keys = sorted(_int(k) if _int(k) is not None else -1 for k in batch)
+            keys = sorted(-1 if (index := _int(k)) is None else index for k in batch)
             sizes = [_int(v) for v in batch.values()]
             if keys != list(range(len(batch))) or any(s is None or s <= 0 for s in sizes):
                 raise ConfigError(
@@ -216,7 +222,7 @@ class LinearGeneral(Module):
         else:
             self._create(canonical_in, rngs.params)
 
-    def _create(self, in_features: tuple[int, ...], stream: Any) -> None:
+    def _create(self, in_features: tuple[int, ...], stream: RngStream) -> None:
         kernel_meta, bias_meta = (dict(m) for m in self._meta)
         batch_shape = tuple(self.batch_axis.values())
         self.in_features = in_features
@@ -297,7 +303,8 @@ class LinearGeneral(Module):
             self._create(inferred, self.lazy_rngs)
             del self.lazy_rngs
         self._check(inputs, axes, batch)
-        kernel = self.kernel.value  # type: ignore[union-attr]
+        assert self.kernel is not None  # created by now
+        kernel = self.kernel.value
         bias = self.bias.value if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         if self.dot_general_cls is not None:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from ..errors import ArgumentError
 from ..module import Module
-from ..rngs import Rngs
+from ..rngs import Rngs, RngStream
 from ..variablelib import Param, Variable
 from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
@@ -64,6 +64,11 @@ class LoRA(Module):
       (5, 4)
     """
 
+    in_features: int | None
+    lora_a: Variable[jax.Array] | None  # None until a lazy adapter's first call
+    lora_b: Variable[jax.Array] | None
+    lazy_rngs: RngStream
+
     def __init__(
         self,
         in_features: int | None,
@@ -102,7 +107,7 @@ class LoRA(Module):
         else:
             self._create(in_features, rngs.params)
 
-    def _create(self, in_features: int, stream: Any) -> None:
+    def _create(self, in_features: int, stream: RngStream) -> None:
         a_meta, b_meta = (dict(m) for m in self._meta)
         self.in_features = in_features
         shape_a = (in_features, self.lora_rank)
@@ -121,11 +126,10 @@ class LoRA(Module):
                 check_features(self, x, -1)
             self._create(x.shape[-1], self.lazy_rngs)
             del self.lazy_rngs
-        check_features(self, x, self.in_features)  # type: ignore[arg-type]
-        x, a, b = self.promote_dtype(
-            (x, self.lora_a.value, self.lora_b.value),  # type: ignore[union-attr]
-            dtype=self.dtype,
-        )
+        assert self.lora_a is not None and self.lora_b is not None  # created by now
+        assert self.in_features is not None
+        check_features(self, x, self.in_features)
+        x, a, b = self.promote_dtype((x, self.lora_a.value, self.lora_b.value), dtype=self.dtype)
         out = x @ a @ b
         if self.base_module is not None:
             if not callable(self.base_module):
@@ -195,10 +199,13 @@ class LoRALinear(Linear):
     def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
         """The Linear output plus the adapter's; `out_sharding` constrains the output's
         sharding (a PartitionSpec or Sharding), as in flax."""
+        # Linear.__call__ as any callable: it takes out_sharding only where it has the
+        # parameter (_LINEAR_TAKES_SHARDING, checked once at import).
+        linear_call: Callable[..., jax.Array] = super().__call__
         if out_sharding is not None and _LINEAR_TAKES_SHARDING:
-            y = super().__call__(x, out_sharding=out_sharding)  # type: ignore[call-arg]
+            y = linear_call(x, out_sharding=out_sharding)
         else:
-            y = super().__call__(x)
+            y = linear_call(x)
         y = y + self.lora(x)
         if out_sharding is not None and not _LINEAR_TAKES_SHARDING:
             y = jax.lax.with_sharding_constraint(y, out_sharding)

@@ -71,9 +71,9 @@ def _pads(fn: str, padding: Any, rank: int) -> str | tuple[tuple[int, int], ...]
         if padding.upper() in _PADDINGS:
             return padding.upper()
     elif isinstance(padding, Sequence) and len(padding) == rank:
-        pairs = [_ints(p) for p in padding]
-        if all(p is not None and len(p) == 2 for p in pairs):
-            return tuple(pairs)  # type: ignore[arg-type]
+        pairs = [p for p in map(_ints, padding) if p is not None and len(p) == 2]
+        if len(pairs) == rank:
+            return tuple((low, high) for low, high in pairs)
     raise ConfigError(
         f"{fn}: padding must be one of {_PADDINGS} or a sequence of {rank} (low, high) pairs, "
         f"one per window axis; got {padding!r}.\nFix: e.g. padding='SAME' or "

@@ -32,6 +32,7 @@ from ..filters import Any as Any_
 from ..graph import iter_graph, merge, split, update
 from ..module import Module
 from ..rngs import Rngs, RngState
+from ..state import State
 from ..variablelib import Param
 from . import activations, initializers
 from ._layer import check_positive, check_rank
@@ -199,6 +200,16 @@ class LSTMCell(_GatedCell):
       >>> c.shape, h.shape
       ((5, 3), (5, 3))
     """
+
+    # Per gate (i, f, g, o): the input kernel (no bias) and the hidden kernel (with bias).
+    ii: Linear
+    if_: Linear
+    ig: Linear
+    io: Linear
+    hi: Linear
+    hf: Linear
+    hg: Linear
+    ho: Linear
 
     def __init__(
         self,
@@ -524,7 +535,10 @@ class RNN(Module):
         shared = self.broadcast_rngs if self.broadcast_rngs is not None else Nothing
         graphdef, params, bcast, rest = split(self.cell, Param, shared, ...)
 
-        def step(state: Any, x_t: tuple) -> tuple:
+        # carry and y: whatever pytrees of arrays the cell takes and returns.
+        def step(
+            state: tuple[Any, State, State], x_t: tuple[jax.Array, jax.Array]
+        ) -> tuple[tuple[Any, State, State], Any]:
             carry, rest_state, _ = state
             t, x = x_t
             # Every step starts from the same broadcast RNG state (`bcast`, not carried).

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +48,8 @@ class Dropout(Module):
     Raises:
       ConfigError: `rate` is not a number in [0, 1].
     """
+
+    rngs: RngStream | None
 
     def __init__(
         self,
@@ -89,7 +90,7 @@ class Dropout(Module):
                 f"{type(rngs).__name__}."
             )
 
-    def _key(self, rngs: Any) -> jax.Array:
+    def _key(self, rngs: Rngs | RngStream | jax.Array | None) -> jax.Array:
         if rngs is None:
             rngs = self.rngs
         if isinstance(rngs, Rngs):
