@@ -15,14 +15,17 @@ What is timed (µs per call; pure Python work, no device computation):
 * ``state``   ``nnx.state(model)``                 -> State
 * ``update``  ``nnx.update(model, state)``         (a state taken from the model beforehand)
 * ``merge``   ``nnx.merge(graphdef, state)``       -> a new model
+* ``split2``  ``nnx.split((model, other))``        -> two roots at once, as transforms pass
+  them (``other`` a second model of the same size)
 
 each for ``nnx`` (its structure cache warm, the steady state of a training loop),
-``nnx-nocache`` (the root's cached flatten dropped before every call, so each call runs the
-full ``nnx.graph._flatten_full`` walk: the cost of the first call after a structural change;
-merge never flattens, so it has no such column) and ``flax`` (flax.nnx in its default graph
-mode). All implementations of one (N, op) are timed in the same interleaved rounds (the order
-rotates per round); the numbers are medians over rounds, the ratios medians of per-round
-ratios; warm-up calls are excluded (see ``_timing.py``).
+``nnx-nocache`` (every cache dropped before every call: the root's cached flatten, so each
+call runs the full ``nnx._flatten.flatten_full`` walk, the cost of the first call after a
+structural change; for ``split2`` the several-roots cache; for ``merge``, which never
+flattens, the GraphDef's compiled plans: the build plan and the nest plan) and ``flax``
+(flax.nnx in its default graph mode). All implementations of one (N, op) are timed in the
+same interleaved rounds (the order rotates per round); the numbers are medians over rounds,
+the ratios medians of per-round ratios; warm-up calls are excluded (see ``_timing.py``).
 
 Target (from the issue): nnx >= 10x faster than flax.nnx at N = 100 for every op.
 
@@ -65,7 +68,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 FEATURES = 16
 SIZES = (2, 8, 32, 100, 256, 1024)
 QUICK_SIZES = (2, 32, 100)
-OPS = ("split", "state", "update", "merge")
+OPS = ("split", "state", "update", "merge", "split2")
 TARGET_N, TARGET_RATIO = 100, 10.0
 
 
@@ -140,25 +143,38 @@ def nnx_ops(n: int) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[]
     leaves = len(state.flat_state())
     d = model.__dict__
 
+    other = make_model(nnx, n)
+    pair = (model, other)
+
     def drop_cache() -> None:
         d.pop("_nnx_cache", None)
+
+    def drop_multi() -> None:
+        d.pop("_nnx_multi", None)
+
+    def drop_plans() -> None:
+        graphdef._plans = None  # compiled again by the next merge
 
     cached = {
         "split": lambda: nnx.split(model),
         "state": lambda: nnx.state(model),
         "update": lambda: nnx.update(model, state),
         "merge": lambda: nnx.merge(graphdef, state),
+        "split2": lambda: nnx.split(pair),
     }
     uncached = {
         "split": lambda: (drop_cache(), nnx.split(model)),
         "state": lambda: (drop_cache(), nnx.state(model)),
         "update": lambda: (drop_cache(), nnx.update(model, state)),
+        "merge": lambda: (drop_plans(), nnx.merge(graphdef, state)),
+        "split2": lambda: (drop_multi(), nnx.split(pair)),
     }
     return cached, uncached, leaves
 
 
 def flax_ops(n: int) -> tuple[dict[str, Callable[[], Any]], int]:
     model = make_model(fnnx, n)
+    other = make_model(fnnx, n)
     graphdef, state = fnnx.split(model)
     leaves = len(jax.tree_util.tree_leaves(state))
     ops = {
@@ -166,6 +182,7 @@ def flax_ops(n: int) -> tuple[dict[str, Callable[[], Any]], int]:
         "state": lambda: fnnx.state(model),
         "update": lambda: fnnx.update(model, state),
         "merge": lambda: fnnx.merge(graphdef, state),
+        "split2": lambda: fnnx.split((model, other)),
     }
     return ops, leaves
 

@@ -5,6 +5,8 @@ lazy attribute that imports the optional ``nnx.bridge`` (it needs flax.linen) on
 """
 
 
+import builtins as _builtins
+
 from . import checkpointing as checkpointing
 from . import compat as compat
 from . import deprecations as deprecations
@@ -16,7 +18,7 @@ from . import graph as graphlib  # noqa: F401 - flax name
 from . import helpers as helpers
 from . import locate as locate
 from . import nn as nn
-from . import pytreelib as object
+from . import pytreelib as object  # noqa: F401 - flax name
 from . import rngs as rnglib  # noqa: F401 - flax name
 from . import state as statelib  # noqa: F401 - flax name
 from . import tracers as tracers
@@ -129,8 +131,6 @@ from .nn.normalization import GroupNorm as GroupNorm
 from .nn.normalization import InstanceNorm as InstanceNorm
 from .nn.normalization import LayerNorm as LayerNorm
 from .nn.normalization import RMSNorm as RMSNorm
-from .nn.normalization import SpectralNorm as SpectralNorm
-from .nn.normalization import WeightNorm as WeightNorm
 from .nn.pooling import avg_pool as avg_pool
 from .nn.pooling import max_pool as max_pool
 from .nn.pooling import min_pool as min_pool
@@ -143,6 +143,8 @@ from .nn.recurrent import LSTMCell as LSTMCell
 from .nn.recurrent import OptimizedLSTMCell as OptimizedLSTMCell
 from .nn.recurrent import RNNCellBase as RNNCellBase
 from .nn.recurrent import SimpleCell as SimpleCell
+from .nn.reparam import SpectralNorm as SpectralNorm
+from .nn.reparam import WeightNorm as WeightNorm
 from .nn.sequential import Sequential as Sequential
 from .nn.stochastic import Dropout as Dropout
 from .pytreelib import Data as Data
@@ -255,7 +257,7 @@ from .views import view_info as view_info
 from .views import with_attributes as with_attributes
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> _builtins.object:
     # `nnx.bridge` (and flax's alias `nnx.wrappers`) need flax.linen: imported on first use
     # only, so `import nnx` never imports flax. Without flax, nnx.bridge raises
     # LinenNotInstalledError with the install command.

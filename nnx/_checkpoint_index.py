@@ -25,7 +25,7 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -102,16 +102,22 @@ def _bytes_of(x: Any) -> np.ndarray | None:
 def checksums(leaves: list[Any]) -> list[list[int] | None]:
     """One list of chunk CRC-32s per leaf (None where the leaf is not all here)."""
     buffers = [_bytes_of(x) for x in leaves]
-    jobs = [
-        (i, start)
-        for i, b in enumerate(buffers)
-        if b is not None
-        for start in range(0, max(len(b), 1), CHUNK)
-    ]
+    out: list[list[int] | None] = []
+    # (the leaf's list of CRCs, its bytes, the chunk's start)
+    jobs: list[tuple[list[int], np.ndarray, int]] = []
+    for b in buffers:
+        if b is None:
+            out.append(None)
+            continue
+        sums: list[int] = []
+        out.append(sums)
+        jobs.extend((sums, b, start) for start in range(0, max(len(b), 1), CHUNK))
 
-    def crc(job: tuple[int, int]) -> int:
-        i, start = job
-        return zlib.crc32(buffers[i][start : start + CHUNK])
+    def crc(job: tuple[list[int], np.ndarray, int]) -> int:
+        _, b, start = job
+        # .data: the chunk as a memoryview, no copy (numpy types ndarray as a buffer only
+        # from Python 3.12)
+        return zlib.crc32(b[start : start + CHUNK].data)
 
     total = sum(len(b) for b in buffers if b is not None)
     if total >= _PARALLEL_BYTES and len(jobs) > 1:
@@ -119,9 +125,8 @@ def checksums(leaves: list[Any]) -> list[list[int] | None]:
             values = list(pool.map(crc, jobs))
     else:
         values = [crc(j) for j in jobs]
-    out: list[list[int] | None] = [None if b is None else [] for b in buffers]
-    for (i, _), value in zip(jobs, values, strict=True):
-        out[i].append(value)  # type: ignore[union-attr]
+    for (sums, _, _), value in zip(jobs, values, strict=True):
+        sums.append(value)
     return out
 
 
@@ -141,6 +146,11 @@ class Entry(NamedTuple):
     crc: list[int] | None
 
 
+def _saved_spec(x: Any) -> Spec:
+    # Checkpointer.save has checked that every leaf has a spec (checkpointing._check_savable).
+    return cast(Spec, spec_of(x))
+
+
 def build(flat_items: Mapping[str, list[tuple[tuple[str, ...], Any]]], metadata: Any) -> dict:
     """The index (a JSON-ready dict) of the flattened items and the metadata dict."""
     items = {}
@@ -149,7 +159,7 @@ def build(flat_items: Mapping[str, list[tuple[tuple[str, ...], Any]]], metadata:
         crcs = checksums(values)
         items[name] = [
             [list(path), list(spec.shape), spec.dtype, spec.scalar, crc]
-            for (path, _), spec, crc in zip(flat, (spec_of(v) for v in values), crcs, strict=True)
+            for (path, _), spec, crc in zip(flat, map(_saved_spec, values), crcs, strict=True)
         ]
     index = {
         "format": FORMAT,

@@ -3,8 +3,8 @@
 flax.nnx 0.12 has two traversals: graph mode (shared references, cycles, structural updates
 through transforms) and tree mode (``graph=False``: a Module is treated as a plain pytree,
 shared references are an error). nnx has one traversal, graph semantics at tree-mode speed
-(DESIGN.md, decision 1), so the switches here do not pick another code path. They keep
-flax's observable contract:
+(docs/coming-from-flax.md, "One semantics"), so the switches here do not pick another code
+path. They keep flax's observable contract:
 
 * ``graph=False`` refuses an object graph with shared references or cycles, naming every
   duplicate path, exactly where flax's tree mode refuses it;
@@ -22,12 +22,12 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jax
 
-from ._flatten import _is_pytree_with_data, _plain_key
-from ._graphdef import _OBJ, _items, _kind
+from ._encoding import Kind, items_of, kind_of
+from ._graphdef import is_pytree_with_data, plain_key
 from .errors import ArgumentError, format_path
 from .filters import Filter, to_predicate
 from .pytreelib import is_array
@@ -99,7 +99,7 @@ class _Setting:
             finally:
                 stack.pop()
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
 
 class set_graph_mode(_Setting):  # flax name
@@ -163,7 +163,9 @@ def graph_updates(updates: bool | None) -> bool:
 # -- duplicates --------------------------------------------------------------------------
 def _walk(node: Any, path: Path, seen: dict[int, list], order: list[list]) -> None:
     """Records every path to every identity object; a second sighting is not descended."""
-    if isinstance(node, Variable) or _kind(node) is not None:
+    is_var = isinstance(node, Variable)
+    kind = None if is_var else kind_of(node)
+    if is_var or kind is not None:
         entry = seen.get(id(node))
         if entry is not None:
             entry[1].append(path)
@@ -171,20 +173,19 @@ def _walk(node: Any, path: Path, seen: dict[int, list], order: list[list]) -> No
         entry = [node, [path]]
         seen[id(node)] = entry
         order.append(entry)
-        if isinstance(node, Variable):
+        if kind is None:  # a Variable
             return
-        kind = _kind(node)
-        for key, child in _items(node, kind):  # type: ignore[arg-type]
-            if kind == _OBJ and not node._nnx_is_data(key, child):
+        for key, child in items_of(node, kind):
+            if kind == Kind.OBJ and not node._nnx_is_data(key, child):
                 continue
             _walk(child, (*path, key), seen, order)
         return
     if is_array(node) or node is None or isinstance(node, str | int | float | bool):
         return
-    if isinstance(node, list | tuple | dict) or _is_pytree_with_data(node):
+    if isinstance(node, list | tuple | dict) or is_pytree_with_data(node):
         pairs, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
         for keypath, child in pairs:
-            _walk(child, (*path, _plain_key(keypath[0])), seen, order)
+            _walk(child, (*path, plain_key(keypath[0])), seen, order)
 
 
 def find_duplicates(node: Any, /, *, only: Filter = ...) -> list[list[Path]]:

@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from itertools import islice
 from operator import attrgetter
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jax.numpy as jnp
 import numpy as np
@@ -121,8 +121,17 @@ _PIECE_RE = re.compile(
     rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\[^u])"
     rb"{1,%d}+" % _PIECE
 )
-_scanstring = json.decoder.scanstring
+if TYPE_CHECKING:  # typeshed leaves json.decoder.scanstring out; it is _json's where it exists
+    from _json import scanstring as _scanstring
+else:
+    _scanstring = json.decoder.scanstring
 _FIRST = {b"[": "list", b'"': "string", b"t": "boolean", b"f": "boolean", b"n": "null"}
+
+
+def _skip_spaces(raw: bytes, pos: int) -> int:
+    """The position after the JSON whitespace at `pos` (_WS_RE matches the empty string)."""
+    found = _WS_RE.match(raw, pos)
+    return pos if found is None else found.end()
 
 
 class _RepeatedKeys(Exception):
@@ -204,7 +213,7 @@ class File:
     def _parse(self, raw: bytes) -> None:
         opening = _OPEN_RE.match(raw)
         if opening is None:
-            start = _WS_RE.match(raw).end()
+            start = _skip_spaces(raw, 0)
             kind = _FIRST.get(raw[start : start + 1])
             if kind is None and re.match(rb"-?[0-9]", raw[start : start + 2]):
                 kind = "number"
@@ -235,7 +244,7 @@ class File:
                 pos = sep.end()
                 if sep.group(1) == b"}":
                     break
-        end = _WS_RE.match(raw, pos).end()
+        end = _skip_spaces(raw, pos)
         if end != len(raw):
             self._syntax(raw, end, "only spaces after the header's closing '}'")
 
@@ -402,7 +411,7 @@ class File:
                     entry = self.entries[name]
                     buffer = np.empty(entry.end - entry.begin, np.uint8)
                     f.seek(self.data_start + entry.begin)
-                    if f.readinto(memoryview(buffer)) != buffer.size:
+                    if f.readinto(buffer.data) != buffer.size:
                         self._bad(
                             f"tensor {show(name)} is cut short (the file changed while reading?)"
                         )

@@ -2,16 +2,16 @@
 
 Floor: ground, next to ``errors.py``. It imports only jax, numpy and ``nnx.errors``, never a
 Variable, Pytree or State, so ``variablelib.py`` can import it (``Variable.__init__`` calls
-:func:`_place_new_value`) and ``transforms/`` and ``nn/`` reach it without reaching up to
+:func:`place_new_value`) and ``transforms/`` and ``nn/`` reach it without reaching up to
 ``nnx.spmd``. What is here works on plain metadata mappings:
 
 - reading an annotation (``out_sharding``, or its older names ``sharding_names``/``sharding``)
   and resolving logical names into a ``PartitionSpec`` (:func:`logical_axis_rules`);
 - the eager-sharding setting (:class:`use_eager_sharding`, :func:`using_eager_sharding`);
-- :func:`_place_new_value`, which places the value of a new annotated Variable on the mesh;
+- :func:`place_new_value`, which places the value of a new annotated Variable on the mesh;
 - the rank, mesh-axis and divisibility checks with their messages;
-- ``transform_metadata`` stacking (``PARTITION_NAME``, :func:`_stacked_metadata`,
-  :func:`_unstacked_metadata`) for ``nnx.vmap`` and ``nnx.scan``.
+- ``transform_metadata`` stacking (``PARTITION_NAME``, :func:`stacked_metadata`,
+  :func:`unstacked_metadata`) for ``nnx.vmap`` and ``nnx.scan``.
 
 The State/Variable side (``get_partition_spec``, ``get_named_sharding``, abstract shardings)
 is one floor up, in ``nnx._sharding_specs``; the public face of both is ``nnx.spmd``.
@@ -23,6 +23,7 @@ import contextlib
 import functools
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -52,7 +53,7 @@ _KEYS = ("out_sharding", "sharding_names", "sharding")
 # -- annotations ----------------------------------------------------------------------------
 
 
-def _annotation(meta: Mapping[str, Any]) -> tuple[str | None, Any]:
+def sharding_annotation(meta: Mapping[str, Any]) -> tuple[str | None, Any]:
     """The key holding the sharding annotation (or None) and its value."""
     for key in _KEYS:
         names = meta.get(key)
@@ -145,9 +146,9 @@ def _apply_rules(name: Any, rules: Mapping[str, Any]) -> Any:
     return name
 
 
-def _spec(meta: Mapping[str, Any]) -> PartitionSpec | None:
+def partition_spec_of(meta: Mapping[str, Any]) -> PartitionSpec | None:
     """The PartitionSpec a Variable's metadata asks for, logical names resolved (or None)."""
-    _, annotation = _annotation(meta)
+    _, annotation = sharding_annotation(meta)
     if annotation is None:
         return None
     names = _names(annotation)
@@ -183,11 +184,11 @@ def _mesh_axes(spec: PartitionSpec) -> Iterator[str]:
             yield entry
 
 
-def _check(
+def check_spec_fits(
     spec: PartitionSpec, meta: Mapping[str, Any], shape: Any, mesh: Any, what: Callable[[], str]
 ) -> None:
     """ShardingError unless `spec` fits an array of `shape` (and the axes of `mesh`)."""
-    key, annotation = _annotation(meta)
+    key, annotation = sharding_annotation(meta)
     if key is None:
         return
     if shape is not None and len(spec) > len(shape):
@@ -235,7 +236,7 @@ def _check_divisible(
         axes = tuple(a for a in axes if isinstance(a, str))
         parts = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
         if shape[axis] % parts:
-            key, names = _annotation(meta)
+            key, names = sharding_annotation(meta)
             raise ShardingError(
                 _DIVIDE_MESSAGE.format(
                     what=what(),
@@ -261,7 +262,7 @@ def _is_pytree(obj: Any) -> bool:
 def _creation_site(cls: type) -> Callable[[], str]:
     def where() -> str:
         # On the error path only: name the Module whose code is creating the Variable.
-        frame = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(1)
         for _ in range(32):
             if frame is None:
                 break
@@ -277,7 +278,7 @@ def _creation_site(cls: type) -> Callable[[], str]:
 # -- meshes and placement -------------------------------------------------------------------
 
 
-def _context_mesh() -> Any:
+def context_mesh() -> Any:
     """The mesh of ``jax.set_mesh``: concrete where known, abstract inside ``jax.jit``."""
     abstract = jax.sharding.get_abstract_mesh()
     if abstract.empty:
@@ -342,10 +343,10 @@ def using_eager_sharding() -> bool:
     return _CONTEXT.eager
 
 
-def _place_new_value(cls: type, value: Any, meta: Mapping[str, Any]) -> Any:
+def place_new_value(cls: type, value: Any, meta: Mapping[str, Any]) -> Any:
     """Installed into ``Variable.__init__``: shards the value of a new annotated Variable
     when a mesh is known; any other value passes through."""
-    key, annotation = _annotation(meta)
+    key, annotation = sharding_annotation(meta)
     if key is None or not _CONTEXT.eager or meta.get("eager_sharding") is False:
         return value
     if not isinstance(value, jax.Array | np.ndarray):
@@ -354,12 +355,12 @@ def _place_new_value(cls: type, value: Any, meta: Mapping[str, Any]) -> Any:
     if isinstance(annotation, NamedSharding):
         mesh = annotation.mesh
     if mesh is None:
-        mesh = _context_mesh()
+        mesh = context_mesh()
         if mesh is None:
             return value
-    spec = _spec(meta)
+    spec = partition_spec_of(meta)
     assert spec is not None
-    _check(spec, meta, value.shape, mesh, _creation_site(cls))
+    check_spec_fits(spec, meta, value.shape, mesh, _creation_site(cls))
     sharding = NamedSharding(mesh, spec)
     if isinstance(value, jax.core.Tracer) or isinstance(mesh, jax.sharding.AbstractMesh):
         if mesh.are_all_axes_explicit:
@@ -390,7 +391,7 @@ def _like(names: Any, entries: list) -> Any:
     return tuple(entries)
 
 
-def _stacked_metadata(
+def stacked_metadata(
     meta: Mapping[str, Any], index: int, transform_metadata: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The metadata of a Variable stacked along a new axis at `index` (``nnx.vmap`` out_axes).
@@ -411,7 +412,7 @@ def _edit_axis_names(
     ``PARTITION_NAME``) and to each other tuple metadata named in `transform_metadata`."""
     out = dict(meta)
     partition = transform_metadata.get(PARTITION_NAME)
-    key, names = _annotation(meta)
+    key, names = sharding_annotation(meta)
     if partition is not None and key is not None:
         out[key] = edit(names, index, partition)
     for other, name in transform_metadata.items():
@@ -430,9 +431,9 @@ def _remove(names: Any, index: int, name: Any) -> Any:
     return _like(names, entries)
 
 
-def _unstacked_metadata(
+def unstacked_metadata(
     meta: Mapping[str, Any], index: int, transform_metadata: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The metadata of one slice of a Variable stacked along axis `index` (inside
-    ``nnx.scan``): the inverse of :func:`_stacked_metadata`."""
+    ``nnx.scan``): the inverse of :func:`stacked_metadata`."""
     return _edit_axis_names(meta, index, transform_metadata, _remove)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ._sharding_meta import _annotation, _check, _context_mesh, _spec
+from ._sharding_meta import check_spec_fits, context_mesh, partition_spec_of, sharding_annotation
 from .errors import ShardingError, format_path
 from .pytreelib import Pytree
 from .state import State
@@ -30,7 +30,7 @@ T = TypeVar("T")
 def get_var_pspec(v: Variable) -> PartitionSpec | None:
     """The PartitionSpec of one Variable: from its annotation, ``P()`` (replicated) for an
     unannotated array, None for a value that is not an array."""
-    spec = _spec(v.get_metadata())
+    spec = partition_spec_of(v.get_metadata())
     if spec is not None:
         return spec
     return PartitionSpec() if hasattr(v.value, "shape") else None
@@ -64,7 +64,7 @@ def _at(tree: Any, path: tuple, v: Variable, root: str | None = None) -> Callabl
 # -- State -> PartitionSpec / NamedSharding --------------------------------------------------
 
 
-def _is_var(x: Any) -> bool:
+def is_variable(x: Any) -> bool:
     return isinstance(x, Variable)
 
 
@@ -72,7 +72,7 @@ def _checked_spec(tree: Any, path: tuple, v: Variable, mesh: Any) -> PartitionSp
     meta = v.get_metadata()
     spec = get_var_pspec(v)
     if spec is not None:
-        _check(spec, meta, getattr(v.value, "shape", None), mesh, _at(tree, path, v))
+        check_spec_fits(spec, meta, getattr(v.value, "shape", None), mesh, _at(tree, path, v))
     return spec
 
 
@@ -102,7 +102,7 @@ def get_partition_spec(tree: T) -> T:
             return x.replace(_checked_spec(tree, path, x, None))
         return PartitionSpec() if hasattr(x, "shape") else None
 
-    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_var)
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=is_variable)
 
 
 def get_named_sharding(tree: T, mesh: jax.sharding.Mesh) -> T:
@@ -134,7 +134,7 @@ def get_named_sharding(tree: T, mesh: jax.sharding.Mesh) -> T:
             return x.replace(None if spec is None else NamedSharding(mesh, spec))
         return NamedSharding(mesh, PartitionSpec()) if hasattr(x, "shape") else None
 
-    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_var)
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=is_variable)
 
 
 # -- abstract values ------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def _abstract_sharding(v: Variable, mesh: Any, what: Callable[[], str]) -> Any:
     spec = get_var_pspec(v)
     if spec is None:
         return None
-    _check(spec, meta, value.shape, mesh, what)
+    check_spec_fits(spec, meta, value.shape, mesh, what)
     return NamedSharding(mesh, spec)
 
 
@@ -166,20 +166,20 @@ def _is_abstract(x: Any) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct)
 
 
-def _shard_abstract(tree: Any, *, annotated_only: bool = False, root: str | None = None) -> None:
+def shard_abstract(tree: Any, *, annotated_only: bool = False, root: str | None = None) -> None:
     """Gives the abstract (``ShapeDtypeStruct``) Variables of `tree` their shardings, in
     place: each on its ``mesh`` metadata, else on the mesh of ``jax.set_mesh``.
 
     What ``nnx.eval_shape`` applies to its output (every Variable, ``P()`` for an
     unannotated one, as in flax); with `annotated_only`, only annotated ones.
     """
-    context = _context_mesh()
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_var)[0]
+    context = context_mesh()
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
     for path, v in leaves:
         if not isinstance(v, Variable) or not _is_abstract(v.value):
             continue
         meta = v.get_metadata()
-        if annotated_only and _annotation(meta)[0] is None:
+        if annotated_only and sharding_annotation(meta)[0] is None:
             continue
         mesh = meta.get("mesh")
         if mesh is None:
@@ -187,7 +187,7 @@ def _shard_abstract(tree: Any, *, annotated_only: bool = False, root: str | None
         what = _at(tree, path, v, root)
         if mesh is None:
             if annotated_only:
-                key, names = _annotation(meta)
+                key, names = sharding_annotation(meta)
                 raise ShardingError(_NO_MESH_MESSAGE.format(what=what(), key=key, names=names))
             continue
         sharding = _abstract_sharding(v, mesh, what)

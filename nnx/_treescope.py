@@ -152,8 +152,10 @@ def _dtype_name(value: Any) -> str | None:
         return value.name
     if isinstance(value, type) and issubclass(value, np.generic):
         return np.dtype(value).name
-    if isinstance(value, type) and isinstance(getattr(value, "dtype", None), np.dtype):
-        return value.dtype.name  # jax.numpy.float32 and friends
+    if isinstance(value, type):
+        dtype = getattr(value, "dtype", None)
+        if isinstance(dtype, np.dtype):
+            return dtype.name  # jax.numpy.float32 and friends
     return None
 
 

@@ -2,8 +2,8 @@
 
 While an nnx transform traces a function, the Variables it rebuilt (or that were created
 during the trace) are registered in the innermost frame; assigning a tracer to any other
-Variable would leak it (:func:`_check_frame` raises). When a frame closes, Variables still
-holding its tracers get a :class:`_Leaked` stand-in value that explains the mistake when used.
+Variable would leak it (:func:`check_frame` raises). When a frame closes, Variables still
+holding its tracers get a :class:`Leaked` stand-in value that explains the mistake when used.
 Split out of ``variablelib`` (which re-exports these names) to keep that file readable.
 """
 
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 
 # Transform frames: while an nnx transform traces a function, the ids of the Variables it
-# rebuilt (or that were created during the trace) are in _FRAMES[-1]. Assigning a traced value
+# rebuilt (or that were created during the trace) are in FRAMES[-1]. Assigning a traced value
 # to any other Variable would leak the tracer into an object the transform cannot write back.
-class _Frame(set):
+class TraceFrame(set):
     """The ids of the Variables one transform trace rebuilt or created (and the objects)."""
 
     def __init__(self) -> None:
@@ -41,14 +41,14 @@ class _Frame(set):
             if isinstance(value, jax.core.Tracer) or any(
                 isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)
             ):
-                object.__setattr__(var, "_value", _Leaked(type(var).__name__))
+                object.__setattr__(var, "_value", Leaked(type(var).__name__))
         self.objs.clear()
 
 
-_FRAMES: list[_Frame] = []
+FRAMES: list[TraceFrame] = []
 
 try:  # a weak reference to the JAX trace now running (the eval trace outside any transform)
-    from jax._src.core import trace_state as _jax_trace
+    from jax._src.core import trace_state as jax_trace
 except ImportError:  # pragma: no cover - a JAX without it: the public, slower equivalent
 
     class _OpaqueTrace:
@@ -58,9 +58,9 @@ except ImportError:  # pragma: no cover - a JAX without it: the public, slower e
 
             return get_opaque_trace_state()
 
-    _jax_trace = _OpaqueTrace()  # type: ignore[assignment]
+    jax_trace = _OpaqueTrace()
 
-_Tracer = jax.core.Tracer
+JaxTracer = jax.core.Tracer
 
 _LEAK_MESSAGE = (
     "{what} was assigned a traced value inside an nnx transform, but it was "
@@ -82,7 +82,7 @@ _JAX_LEAK_MESSAGE = (
 )
 
 
-def _check_frame(var: Variable, value: Any) -> None:
+def check_frame(var: Variable, value: Any) -> None:
     """Raises TraceContextError if giving `var` the traced `value` would leak the tracer.
 
     Called only for Tracer values (an ``isinstance`` on the hot path of ``v.value = x``).
@@ -90,11 +90,11 @@ def _check_frame(var: Variable, value: Any) -> None:
     did not rebuild it, or a JAX transform other than the one (or outside the one) that was
     running when the Variable was created, rebuilt or unflattened.
     """
-    if _FRAMES and id(var) not in _FRAMES[-1]:
+    if FRAMES and id(var) not in FRAMES[-1]:
         message = _LEAK_MESSAGE
     else:
         born = getattr(var, "_nnx_trace", None)
-        if born is None or born == _jax_trace.value:
+        if born is None or born == jax_trace.value:
             return
         message = _JAX_LEAK_MESSAGE
     from .errors import TraceContextError
@@ -125,7 +125,7 @@ _LEAKED_MESSAGE = (
 )
 
 
-class _Leaked:
+class Leaked:
     """Stands in for the value of a Variable that leaked out of a transform's trace."""
 
     __slots__ = ("cls",)
@@ -176,4 +176,4 @@ for _dunder in [
     "__ge__",
     "__abs__",
 ]:
-    setattr(_Leaked, _dunder, _Leaked._fail)
+    setattr(Leaked, _dunder, Leaked._fail)

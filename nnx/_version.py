@@ -9,9 +9,13 @@ Value assignments (``v.value = x``) never touch the clock.
 
 from __future__ import annotations
 
-__all__ = ["bump", "now"]
+__all__ = ["WATCHED", "bump", "now"]
 
 _clock = [0]
+
+# The stamp a flatten gives a State it walks as structure while the State has none yet: any
+# nonzero stamp makes the State's own writes bump it (a State nobody watches skips that).
+WATCHED = -1
 
 
 def bump() -> int:

@@ -58,7 +58,7 @@ from ._checkpoint_exit import at_exit, deferred_interrupt, report
 from .errors import NNXError, short_list
 from .graph import state as _state
 from .graph import update as _update
-from .state import State, _flat_pairs
+from .state import State, flat_pairs
 from .transforms._lift import contains_graph
 from .variablelib import Variable
 
@@ -137,7 +137,7 @@ def _drop_closed_loop_noise(previous: Any) -> Any:
         if not (closed_loop or orbax_coroutine):
             previous(unraisable)
 
-    hook.nnx_filter = True  # type: ignore[attr-defined]
+    hook.nnx_filter = True  # type: ignore[attr-defined]  # a mark on the function
     return hook
 
 
@@ -157,7 +157,7 @@ def _tree_of(node: Any) -> Any:
 
 def _pure(state: Mapping) -> dict:
     out: dict = {}
-    for path, leaf in _flat_pairs(state):
+    for path, leaf in flat_pairs(state):
         d = out
         for k in path[:-1]:
             d = d.setdefault(str(k), {})

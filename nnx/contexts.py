@@ -32,10 +32,12 @@ import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from ._flatten import _flatten_cached
-from ._graphdef import _LEAF, _NODE, _REF, _STATIC, _TREE, _VAR, GraphDef, _build, _leaves_for
+from ._build import build, leaves_for_merge
+from ._encoding import ChildDef, LeafDef, NodeDef, RefDef, StaticDef, TreeDef, VarDef
+from ._flatten import flatten_cached
+from ._graphdef import GraphDef
 from .errors import ArgumentError, MergeError
 from .filters import Filter
 from .state import FlatState, State, from_flat_state
@@ -156,7 +158,7 @@ class _UpdateContextManager:
             with self:
                 return fn(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
 
 def update_context(tag: Hashable) -> _UpdateContextManager:
@@ -234,7 +236,7 @@ class SplitContext:
         """``nnx.split(node, *filters)``, with objects split earlier in this context as
         references."""
         graphdef, pairs = self._flatten(node)
-        if graphdef.root[0] == _VAR:  # a Variable split by itself: its state is a copy of it
+        if type(graphdef.root) is VarDef:  # a Variable split by itself: its state is a copy of it
             return (graphdef, pairs[0][1].copy(), *[State({}) for _ in filters[1:]])
         state = from_flat_state(
             [(p, v.copy() if isinstance(v, Variable) else v) for p, v in pairs]
@@ -264,7 +266,7 @@ class SplitContext:
         return (graphdef, *parts)
 
     def _flatten(self, node: Any) -> tuple[GraphDef, list[tuple[Any, Any]]]:
-        flat = _flatten_cached(node)
+        flat = flatten_cached(node)
         inner = None
         if self.ctxtag is not None:
             inner = current_update_context(self.ctxtag).inner_ref_outer_index
@@ -289,40 +291,35 @@ class SplitContext:
                 refs._set(obj, i)
             return i
 
-        def skip(cd: tuple) -> None:  # a subtree split before: consume its leaves
-            tag = cd[0]
-            if tag in (_VAR, _LEAF):
+        def skip(cd: ChildDef) -> None:  # a subtree split before: consume its leaves
+            if type(cd) is VarDef or type(cd) is LeafDef:
                 next(leaves)
-            elif tag == _NODE:
-                for _, c in cd[4]:
-                    skip(c)
-            elif tag == _TREE:
-                for _, c in cd[2]:
+            elif type(cd) is NodeDef or type(cd) is TreeDef:
+                for _, c in cd.children:
                     skip(c)
 
-        def walk(cd: tuple) -> tuple:
-            tag = cd[0]
-            if tag == _REF:
-                return (_REF, refs[nodes[cd[1]]])
-            if tag in (_VAR, _NODE):
-                obj = nodes[cd[1] if tag == _VAR else cd[3]]
+        def walk(cd: ChildDef) -> ChildDef:
+            if type(cd) is RefDef:
+                return RefDef(refs[nodes[cd.node_index]])
+            if type(cd) is VarDef or type(cd) is NodeDef:
+                obj = nodes[cd.node_index]
                 if obj in refs:
                     skip(cd)
-                    return (_REF, refs[obj])
+                    return RefDef(refs[obj])
                 i = index_of(obj)
-                if tag == _VAR:
+                if type(cd) is VarDef:
                     kept.append(next(leaves))
-                    types.append(cd[2])
-                    return (_VAR, i, cd[2])
-                children = tuple((k, walk(c)) for k, c in cd[4])
-                return (_NODE, cd[1], cd[2], i, children, cd[5])
-            if tag == _LEAF:
+                    types.append(cd.type)
+                    return VarDef(i, cd.type)
+                children = tuple((k, walk(c)) for k, c in cd.children)
+                return cd._replace(node_index=i, children=children)
+            if type(cd) is LeafDef:
                 kept.append(next(leaves))
                 types.append(None)
                 return cd
-            if tag == _STATIC:
+            if type(cd) is StaticDef:
                 return cd
-            return (_TREE, cd[1], tuple((k, walk(c)) for k, c in cd[2]))
+            return TreeDef(cd.treedef, tuple((k, walk(c)) for k, c in cd.children))
 
         root = walk(flat.graphdef.root)
         paths = tuple(p for p, _ in kept)
@@ -400,9 +397,9 @@ class MergeContext:
             leaves = [state]
         elif isinstance(state, FlatState):
             pairs = [pair for s in (state, *states) for pair in s]
-            leaves = _leaves_for(graphdef, [from_flat_state(pairs)])
+            leaves = leaves_for_merge(graphdef, [from_flat_state(pairs)])
         else:
-            leaves = _leaves_for(graphdef, [state, *states])
+            leaves = leaves_for_merge(graphdef, [state, *states])
         return self._build(graphdef, leaves)
 
     def unflatten(self, graphdef: GraphDef, flat_state: Any, /, *flat_states: Any) -> Any:
@@ -425,43 +422,41 @@ class MergeContext:
             transient.root = _substitute(graphdef.root, outside, box=False)
             graphdef = transient
         table: list[Any] = []
-        root = _build(graphdef, leaves, copy=True, reuse=reuse or None, nodes_out=table)
+        root = build(graphdef, leaves, copy=True, reuse=reuse or None, nodes_out=table)
         for i in defined:
             self.index_ref[i] = table[i]
         return root
 
 
-def _scan(cd: tuple, defined: list[int], outside: dict[int, Any], known: dict[int, Any]) -> None:
-    tag = cd[0]
-    if tag == _VAR:
-        defined.append(cd[1])
-    elif tag == _NODE:
-        defined.append(cd[3])
-        for _, c in cd[4]:
+def _scan(
+    cd: ChildDef, defined: list[int], outside: dict[int, Any], known: dict[int, Any]
+) -> None:
+    if type(cd) is VarDef:
+        defined.append(cd.node_index)
+    elif type(cd) is NodeDef:
+        defined.append(cd.node_index)
+        for _, c in cd.children:
             _scan(c, defined, outside, known)
-    elif tag == _TREE:
-        for _, c in cd[2]:
+    elif type(cd) is TreeDef:
+        for _, c in cd.children:
             _scan(c, defined, outside, known)
-    elif tag == _REF and cd[1] not in defined:
-        if cd[1] not in known:
+    elif type(cd) is RefDef and cd.node_index not in defined:
+        if cd.node_index not in known:
             raise MergeError(
-                f"MergeContext.merge got a GraphDef that refers to object #{cd[1]}, which no "
-                f"earlier merge of this context built.\nFix: merge in the order the split "
+                f"MergeContext.merge got a GraphDef that refers to object #{cd.node_index}, which "
+                f"no earlier merge of this context built.\nFix: merge in the order the split "
                 f"context split, inside one `with nnx.merge_context() as ctx:` block."
             )
-        outside[cd[1]] = known[cd[1]]
+        outside[cd.node_index] = known[cd.node_index]
 
 
-def _substitute(cd: tuple, outside: dict[int, Any], box: bool) -> tuple:
-    tag = cd[0]
-    if tag == _REF and cd[1] in outside:
-        obj = outside[cd[1]]
-        return (_STATIC, _Box(obj) if box else obj, type(obj))
-    if tag == _NODE:
-        children = tuple((k, _substitute(c, outside, box)) for k, c in cd[4])
-        return (*cd[:4], children, cd[5])
-    if tag == _TREE:
-        return (_TREE, cd[1], tuple((k, _substitute(c, outside, box)) for k, c in cd[2]))
+def _substitute(cd: ChildDef, outside: dict[int, Any], box: bool) -> ChildDef:
+    if type(cd) is RefDef and cd.node_index in outside:
+        obj = outside[cd.node_index]
+        return StaticDef(_Box(obj) if box else obj, type(obj))
+    if type(cd) is NodeDef or type(cd) is TreeDef:
+        children = tuple((k, _substitute(c, outside, box)) for k, c in cd.children)
+        return cd._replace(children=children)
     return cd
 
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import jax
 
-from ._flatten import _plain_key
 from ._graph_mode import check_tree, graph_mode
+from ._graphdef import plain_key
 from .contexts import MergeContext, SplitContext, merge_context, split_context
 from .errors import ArgumentError, format_path
 from .filters import Filter, to_predicate
 from .graph import is_node, iter_graph
-from .state import _flat_pairs, from_flat_state
+from .state import flat_pairs, from_flat_state
 from .variablelib import Variable
 
 __all__ = ["NodeStates", "from_tree", "prefix", "to_tree"]
@@ -98,7 +98,7 @@ def _is_graph_leaf(x: Any) -> bool:
 
 
 def _nnx_path(keypath: tuple) -> KeyPath:
-    return tuple(_plain_key(k) for k in keypath)
+    return tuple(plain_key(k) for k in keypath)
 
 
 def default_split_fn(ctx: SplitContext, path: KeyPath, prefix: Any, leaf: Any) -> Any:
@@ -317,7 +317,7 @@ def prefix(
         state = x.states[0]
         if isinstance(state, Variable):
             return NodeStates.from_split(x._graphdef, prefix_fn(base, state))
-        pairs = [(p, prefix_fn((*base, *p), v)) for p, v in _flat_pairs(state)]
+        pairs = [(p, prefix_fn((*base, *p), v)) for p, v in flat_pairs(state)]
         return NodeStates.from_split(x._graphdef, from_flat_state(pairs))
 
     return jax.tree_util.tree_map_with_path(

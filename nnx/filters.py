@@ -197,7 +197,7 @@ class Any(_PredicateBase):
         return f"Any({', '.join(map(repr, self.predicates))})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.predicates == other.predicates  # type: ignore[attr-defined]
+        return type(other) is type(self) and self.predicates == other.predicates
 
     def __hash__(self) -> int:
         return hash((type(self), self.predicates))
@@ -227,7 +227,7 @@ class Not(_PredicateBase):
         return f"Not({self.predicate!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Not and self.predicate == other.predicate  # type: ignore[attr-defined]
+        return type(other) is Not and self.predicate == other.predicate
 
     def __hash__(self) -> int:
         return hash((Not, self.predicate))

@@ -9,16 +9,17 @@ The result of a flatten is cached on the root object and reused while nothing st
 changed anywhere in the graph (see ``_version.py``): a repeated ``split``/``state``/``update``
 of an unchanged model only touches its Variables.
 
-The core lives in three files:
+The core lives in five private files, lowest first:
 
-* ``_graphdef.py``: the GraphDef encoding and class, a State's leaves in GraphDef order, and
-  building new graphs from a GraphDef and its leaves (``_build``);
-* ``_flatten.py``: flatten (``_Flat``, ``_flatten_full``), raw-leaf slots and the structure
-  cache (``_flatten_cached``);
-* ``graph.py`` (this file): the public API: ``split``, ``merge``, ``state``, ``update``,
-  ``pop``, ``clone``, ``graphdef``, ``flatten``/``unflatten``, ``iter_graph``,
-  ``iter_children``, ``iter_module_children``, ``unpack``/``GraphState``, ``call``,
-  ``is_node``.
+* ``_encoding.py``: the records a GraphDef is made of (``NodeDef``, ``VarDef``...);
+* ``_build.py``: the leaves of States in GraphDef order (``locate``) and building objects
+  from a GraphDef (``build``, one compiled ``BuildPlan`` per GraphDef);
+* ``_graphdef.py``: the ``GraphDef`` class and flatten (``flatten_full``, ``Flat``);
+* ``_flatten.py``: the structure cache (``flatten_cached``) and the raw array leaves of a
+  flatten, read and written in place;
+* ``graph.py`` (this file): the public API: ``split``, ``merge``, ``state``, ``variables``,
+  ``update``, ``pop``, ``clone``, ``graphdef``, ``flatten``/``unflatten``, ``unpack``,
+  ``call``, ``is_node``; ``_graph_iter.py`` holds the walks (``iter_graph``...).
 
 Example:
   >>> class Block(nnx.Module):
@@ -37,37 +38,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 
-from ._flatten import (
-    _Flat,
-    _flatten_cached,
-    _get_child,
-    _is_pytree_with_data,
-    _mutable_parent,
-    _plain_key,
-    _write_raw_leaves,
-)
-from ._flatten import _flatten_full as _flatten_full  # used by the transforms and nn.lazy
-from ._flatten import _write_slot as _write_slot  # used by the transforms
+from ._build import MISSING, build, leaves_for_merge, locate, replace_metadata
+from ._encoding import Path, items_of, kind_of, summary
+from ._flatten import flatten_cached, get_child, mutable_parent, write_raw_leaves
+from ._graph_iter import iter_children as iter_children
+from ._graph_iter import iter_graph as iter_graph
+from ._graph_iter import iter_module_children as iter_module_children
 from ._graph_mode import check_tree_mode
 from ._graph_mode import find_duplicates as find_duplicates
-from ._graphdef import (
-    _OBJ,
-    GraphDef,
-    Path,
-    _build,
-    _items,
-    _kind,
-    _leaves_for,
-    _normalize,
-    _replace_metadata,
-    _state_pairs,
-)
+from ._graphdef import CallProxy, Flat, GraphDef, snapshot_state
+from ._variable_trace import JaxTracer, check_frame
 from .errors import (
     ArgumentError,
     GraphDefMismatchError,
@@ -79,20 +65,8 @@ from .errors import (
 )
 from .filters import Filter
 from .pytreelib import Dict, List, Pytree, is_array
-from .state import (
-    FlatState,
-    State,
-    _flat_pairs,
-    _from_plan,
-    _iter_pairs,
-    _locate,
-    _split_pairs,
-    from_flat_state,
-)
-from .state import _flatten as _state_flatten
-from .state import _flatten_with_keys as _state_flatten_with_keys
-from .state import _unflatten as _state_unflatten
-from .variablelib import Variable, _check_frame, _Tracer
+from .state import FlatState, GraphState, State, flat_pairs, from_flat_state, split_pairs
+from .variablelib import Variable
 
 __all__ = [
     "GraphDef",
@@ -119,7 +93,7 @@ __all__ = [
 
 Node = TypeVar("Node")
 # flax.nnx.PureState: what ``split`` returns without filters, for annotations.
-PureState = tuple[GraphDef[Node], State]
+PureState = tuple[GraphDef, State]
 
 
 def is_node(value: Any) -> bool:
@@ -174,7 +148,7 @@ def flatten(
         value = ref_index if ref_index is not None else ref_outer_index
         raise ArgumentError(_INDEX_MAPS.format(fn="flatten", name=name, value=value))
     check_tree_mode(graph, node, "flatten")
-    flat = _flatten_cached(node)
+    flat = flatten_cached(node)
     if not with_paths:
         return flat.graphdef, [
             leaf._value if isinstance(leaf, Variable) else leaf for leaf in flat.leaves
@@ -225,9 +199,9 @@ def unflatten(
         if state.paths == graphdef.leaf_paths:
             leaves = list(state.leaves)
         else:
-            leaves = _leaves_for(graphdef, [from_flat_state(state)])
+            leaves = leaves_for_merge(graphdef, [from_flat_state(state)])
     elif isinstance(state, Mapping):
-        leaves = _leaves_for(graphdef, [state])
+        leaves = leaves_for_merge(graphdef, [state])
     else:
         leaves = list(state)
         if len(leaves) != len(graphdef.leaf_paths):
@@ -236,36 +210,21 @@ def unflatten(
                 f"{len(graphdef.leaf_paths)}.\nFix: pass the leaves that nnx.flatten(model, "
                 "with_paths=False) returned, all of them, in their order."
             )
-    return _build(graphdef, leaves, copy_variables, recreate=recreate_variables)
+    return build(graphdef, leaves, copy_variables, recreate=recreate_variables)
 
 
 # -- public API: split / merge / state / update -------------------------------------------
 def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
     """The GraphDef of an object graph (``graph=False``: refuse shared references)."""
     check_tree_mode(graph, node, "graphdef")
-    return _flatten_cached(node).graphdef
+    return flatten_cached(node).graphdef
 
 
-def _snapshot_pairs(flat: _Flat) -> list[tuple[Path, Any]]:
+def _snapshot_pairs(flat: Flat) -> list[tuple[Path, Any]]:
     return [
         (p, leaf.copy() if slot is None else leaf)
         for p, leaf, slot in zip(flat.paths, flat.leaves, flat.slots, strict=True)
     ]
-
-
-def _snapshot_state(flat: _Flat) -> State:
-    """``from_flat_state(_snapshot_pairs(flat))``, nesting by a plan kept on the cache entry."""
-    plan = flat.plan()
-    if plan is None:
-        return from_flat_state(_snapshot_pairs(flat))
-    if flat.has_raw:
-        leaves = [
-            leaf.copy() if slot is None else leaf
-            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
-        ]
-    else:
-        leaves = [leaf.copy() for leaf in flat.leaves]
-    return _from_plan(plan, leaves)
 
 
 def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple[Any, ...]:
@@ -292,11 +251,11 @@ def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple[Any, 
       (['w'], ['n'])
     """
     check_tree_mode(graph, node, "split")
-    flat = _flatten_cached(node)
+    flat = flatten_cached(node)
     if not filters:
-        return flat.graphdef, _snapshot_state(flat)
+        return flat.graphdef, snapshot_state(flat)
     pairs = _snapshot_pairs(flat)
-    return (flat.graphdef, *_split_pairs(pairs, filters, exhaustive=True))
+    return (flat.graphdef, *split_pairs(pairs, filters, exhaustive=True))
 
 
 def merge(
@@ -348,7 +307,7 @@ def merge(
         )
     if not states:
         raise MergeError(
-            f"merge got a GraphDef ({graphdef_._summary()}) but no state.\nFix: pass every "
+            f"merge got a GraphDef ({summary(graphdef_)}) but no state.\nFix: pass every "
             "state that nnx.split returned: nnx.merge(graphdef, *states)."
         )
     if isinstance(states[0], list):
@@ -360,8 +319,8 @@ def merge(
         return unflatten(
             graphdef_, states[0], copy_variables=copy, recreate_variables=recreate_variables
         )
-    leaves = _leaves_for(graphdef_, list(states))
-    return _build(graphdef_, leaves, copy, recreate=recreate_variables)
+    leaves = leaves_for_merge(graphdef_, states)
+    return build(graphdef_, leaves, copy, recreate=recreate_variables)
 
 
 def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
@@ -378,11 +337,11 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
       ['n']
     """
     check_tree_mode(graph, node, "state")
-    flat = _flatten_cached(node)
+    flat = flatten_cached(node)
     if not filters:
-        return _snapshot_state(flat)
+        return snapshot_state(flat)
     pairs = _snapshot_pairs(flat)
-    states = _split_pairs(pairs, filters, exhaustive=False)
+    states = split_pairs(pairs, filters, exhaustive=False)
     return states[0] if len(filters) == 1 else states
 
 
@@ -403,11 +362,11 @@ def variables(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
       Array([1., 1., 1.], dtype=float32)
     """
     check_tree_mode(graph, node, "variables")
-    flat = _flatten_cached(node)
+    flat = flatten_cached(node)
     pairs = list(zip(flat.paths, flat.leaves, strict=True))
     if not filters:
         return from_flat_state(pairs)
-    states = _split_pairs(pairs, filters, exhaustive=False)
+    states = split_pairs(pairs, filters, exhaustive=False)
     return states[0] if len(filters) == 1 else states
 
 
@@ -431,55 +390,47 @@ def update(node: Any, state: Mapping, /, *states: Mapping) -> None:
       >>> m.w.value.tolist()
       [1.0, 1.0]
     """
-    states = (state, *states)
-    flat = _flatten_cached(node)
-    index = flat.index()
-    fast = _update_plan_fast(flat, index, states)
-    # Anything the fast plan does not cover (stringified int keys, errors) goes the full way,
-    # which checks every pair in sorted order and reports all problems.
-    plan: list[tuple[int, Any]] = fast if fast is not None else []
-    problems: list[str] = []
-    for path, leaf in _state_pairs(states) if fast is None else ():
-        path = _normalize(path, index)
-        i = index.get(path)
-        if i is None:
-            problems.append(f"{format_path(path)}: no such Variable in the model")
+    flat = flatten_cached(node)
+    leaves, extra, wrong_type = locate(flat.graphdef, (state, *states))
+    problems = [f"{format_path(p)}: no such Variable in the model" for p in extra]
+    problems += [
+        f"{format_path(p)}: the model has a {want.__name__}, the state a {got.__name__}"
+        for p, got, want in wrong_type
+    ]
+    plan: list[tuple[int, Any]] = []  # (leaf position, new leaf)
+    targets = flat.leaves
+    for i, leaf in enumerate(leaves):
+        if leaf is MISSING:
             continue
-        target = flat.leaves[i]
-        if isinstance(leaf, Variable) and isinstance(target, Variable):
-            if type(leaf) is not type(target):
+        target = targets[i]
+        value = leaf._value if isinstance(leaf, Variable) else leaf
+        old = target._value if isinstance(target, Variable) else target
+        if value is not old:
+            old_shape, new_shape = getattr(old, "shape", None), getattr(value, "shape", None)
+            if (
+                old_shape is not None
+                and new_shape is not None
+                and old_shape != new_shape
+                and tuple(old_shape) != tuple(new_shape)
+            ):
                 problems.append(
-                    f"{format_path(path)}: the model has a {type(target).__name__}, the state a "
-                    f"{type(leaf).__name__}"
+                    f"{format_path(flat.paths[i])}: shape {tuple(new_shape)} in the state, "
+                    f"{tuple(old_shape)} in the model"
                 )
                 continue
-            value = leaf._value
-        elif isinstance(leaf, Variable):
-            value = leaf._value
-        else:
-            value = leaf
-        old = target._value if isinstance(target, Variable) else target
-        old_shape, new_shape = getattr(old, "shape", None), getattr(value, "shape", None)
-        if old_shape is not None and new_shape is not None and tuple(old_shape) != tuple(new_shape):
-            problems.append(
-                f"{format_path(path)}: shape {tuple(new_shape)} in the state, "
-                f"{tuple(old_shape)} in the model"
-            )
-            continue
         plan.append((i, leaf))
     if flat.has_raw:  # raw leaves of a plain root: only plain lists and dicts take writes
-        problems += [
-            f"{format_path(flat.paths[i])}: an array in a {type(node).__name__}, which "
-            "cannot change in place (hold it in a list, a dict or a Module)"
-            for i, _ in plan
-            if flat.slots[i] is not None
-            and flat.slots[i][0] is None
-            and _mutable_parent(node, flat.slots[i][2]) is None
-        ]
+        for i, _ in plan:
+            slot = flat.slots[i]
+            if slot and slot.owner is None and mutable_parent(node, slot.subpath) is None:
+                problems.append(
+                    f"{format_path(flat.paths[i])}: an array in a {type(node).__name__}, which "
+                    "cannot change in place (hold it in a list, a dict or a Module)"
+                )
     if problems:
         raise UpdateError(
             f"update: the state does not fit {type(node).__name__}; nothing was changed.\n"
-            + short_list(problems)
+            + short_list(sorted(problems))
             + "\nFix: update with a state taken from this model (nnx.state(model)), or "
             "rebuild the model with the matching configuration."
         )
@@ -487,68 +438,22 @@ def update(node: Any, state: Mapping, /, *states: Mapping) -> None:
     # check every target before writing any (a refused update changes nothing).
     for i, leaf in plan:
         value = leaf._value if isinstance(leaf, Variable) else leaf
-        target = flat.leaves[i]
-        if isinstance(value, _Tracer) and isinstance(target, Variable):
-            _check_frame(target, value)
+        target = targets[i]
+        if isinstance(value, JaxTracer) and isinstance(target, Variable):
+            check_frame(target, value)
     raw: list[tuple[int, Any]] = []
     for i, leaf in plan:
-        target = flat.leaves[i]
+        target = targets[i]
         if isinstance(target, Variable):
             if isinstance(leaf, Variable):
                 object.__setattr__(target, "_value", leaf._value)
                 if leaf._meta is not target._meta and leaf._meta != target._meta:
-                    _replace_metadata(target, leaf._meta)
+                    replace_metadata(target, leaf._meta)
             else:
                 object.__setattr__(target, "_value", leaf)
         else:
             raw.append((i, leaf._value if isinstance(leaf, Variable) else leaf))
-    _write_raw_leaves(flat, raw, node)
-
-
-def _update_plan_fast(
-    flat: _Flat, index: Mapping[Path, int], states: tuple[Mapping, ...]
-) -> list[tuple[int, Any]] | None:
-    """The (leaf position, new leaf) plan of :func:`update` when every path is found as is and
-    fits (type, shape); None as soon as one does not."""
-    leaves = flat.leaves
-    state_plan = flat.plan()
-    located: list[tuple[int, Any]] = []
-    for s in states:
-        data = s._mapping if isinstance(s, State) else s
-        if state_plan is not None and type(data) is dict:
-            if not _locate(state_plan, data, located):
-                return None
-            continue
-        pairs: list[tuple[Path, Any]] = []
-        _iter_pairs(s, (), pairs)
-        for path, leaf in pairs:
-            i = index.get(path)
-            if i is None:
-                return None
-            located.append((i, leaf))
-    plan: list[tuple[int, Any]] = []
-    for i, leaf in located:
-        target = leaves[i]
-        target_is_var = isinstance(target, Variable)
-        if isinstance(leaf, Variable):
-            if target_is_var and type(leaf) is not type(target):
-                return None
-            value = leaf._value
-        else:
-            value = leaf
-        old = target._value if target_is_var else target
-        if value is not old:
-            old_shape = getattr(old, "shape", None)
-            if old_shape is not None:
-                new_shape = getattr(value, "shape", None)
-                if (
-                    new_shape is not None
-                    and old_shape != new_shape
-                    and tuple(old_shape) != tuple(new_shape)
-                ):
-                    return None
-        plan.append((i, leaf))
-    return plan
+    write_raw_leaves(flat, raw, node)
 
 
 def pop(node: Any, *filters: Filter) -> Any:
@@ -572,19 +477,19 @@ def pop(node: Any, *filters: Filter) -> Any:
             "a filter selects (popping everything would empty the model).\nFix: name what "
             "to remove, e.g. nnx.pop(model, nnx.Intermediate)."
         )
-    flat = _flatten_cached(node)
+    flat = flatten_cached(node)
     pairs = [
         (p, leaf)
         for p, leaf, s in zip(flat.paths, flat.leaves, flat.slots, strict=False)
         if s is None
     ]
-    states = _split_pairs(pairs, filters, exhaustive=False)
-    chosen = {id(leaf) for s in states for _, leaf in _flat_pairs(s)}
+    states = split_pairs(pairs, filters, exhaustive=False)
+    chosen = {id(leaf) for s in states for _, leaf in flat_pairs(s)}
     removals: list[tuple[Any, Any]] = []
     for owner, key, value in _edges(node):
         if isinstance(value, Variable) and id(value) in chosen:
             removals.append((owner, key))
-    removable = {id(_get_child(owner, key)) for owner, key in removals}
+    removable = {id(get_child(owner, key)) for owner, key in removals}
     stuck = [p for p, leaf in pairs if id(leaf) in chosen and id(leaf) not in removable]
     if stuck:
         raise NNXError(
@@ -612,8 +517,8 @@ def _edges(root: Any) -> Iterator[tuple[Any, Any, Any]]:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        kind = _kind(node)
-        for k, v in _items(node, kind):  # type: ignore[arg-type]
+        kind = kind_of(node)
+        for k, v in items_of(node, kind):  # type: ignore[arg-type]
             yield node, k, v
             if is_node(v):
                 stack.append(v)
@@ -661,9 +566,9 @@ def clone(
             "arrays=True to share both Variables and arrays."
         )
     check_tree_mode(graph, node, "clone")
-    flat = _flatten_cached(node)
+    flat = flatten_cached(node)
     if not variables:
-        return _build(flat.graphdef, list(flat.leaves), False)
+        return build(flat.graphdef, list(flat.leaves), False)
     if arrays:  # tree_map rebuilds each Variable: new objects around the copied arrays
         leaves = jax.tree_util.tree_map(_copy_array, list(flat.leaves))
     else:
@@ -671,189 +576,11 @@ def clone(
             leaf.copy() if slot is None else leaf
             for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
         ]
-    return _build(flat.graphdef, leaves, False)
+    return build(flat.graphdef, leaves, False)
 
 
 def _copy_array(x: Any) -> Any:
     return jnp.copy(x) if isinstance(x, jax.Array) else x
-
-
-def iter_graph(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Path, Any]]:
-    """Yields ``(path, value)`` for every node, Variable and array leaf, each once, children
-    before their parent (the root comes last, with path ``()``).
-
-    Example:
-      >>> class M(nnx.Module):
-      ...   def __init__(self):
-      ...     self.w = nnx.Param(jnp.ones(2))
-      >>> [(p, type(v).__name__) for p, v in nnx.iter_graph([M()])]
-      [((0, 'w'), 'Param'), ((0,), 'M')]
-    """
-    check_tree_mode(graph, node, "iter_graph")
-    return _iter_graph(node)
-
-
-def _iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
-    seen: set[int] = set()
-
-    def walk(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
-        if isinstance(value, Variable):
-            if id(value) not in seen:
-                seen.add(id(value))
-                yield path, value
-            return
-        kind = _kind(value)
-        if kind is not None:
-            if id(value) in seen:
-                return
-            seen.add(id(value))
-            for k, v in _items(value, kind):
-                if kind == _OBJ and not value._nnx_is_data(k, v):
-                    continue
-                yield from walk(v, (*path, k))
-            yield path, value
-            return
-        if is_array(value):
-            yield path, value
-            return
-        if isinstance(value, list | tuple | dict) or _is_pytree_with_data(value):
-            pairs, _ = jax.tree_util.tree_flatten_with_path(value, is_leaf=lambda x: x is not value)
-            for keypath, child in pairs:
-                yield from walk(child, (*path, _plain_key(keypath[0])))
-
-    yield from walk(node, ())
-
-
-def iter_children(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Hashable, Any]]:
-    """Yields ``(key, child)`` for the direct children of a node that are nodes themselves
-    (Modules, Rngs, Lists, Dicts) or Variables, in key order; arrays and static attributes
-    are skipped, and nothing deeper is visited (see :func:`iter_graph`).
-
-    Raises:
-      ArgumentError: `node` is not a node (a Pytree such as a Module, a List or a Dict), or
-        ``graph=False`` and the graph under it shares references.
-
-    Example:
-      >>> class M(nnx.Module):
-      ...   def __init__(self):
-      ...     self.w = nnx.Param(jnp.ones(2))
-      ...     self.layers = [nnx.Module()]
-      ...     self.size = 2
-      >>> [(k, type(v).__name__) for k, v in nnx.iter_children(M())]
-      [('layers', 'List'), ('w', 'Param')]
-    """
-    return _iter_children(_checked_kind(node, "iter_children", graph), node, False)
-
-
-def iter_module_children(
-    node: Any, /, *, graph: bool | None = None
-) -> Iterator[tuple[Hashable, Any]]:
-    """Like :func:`iter_children`, without the Variables: yields ``(key, child)`` for the
-    direct children that are nodes (Modules, Rngs, Lists, Dicts), in key order.
-
-    Raises:
-      ArgumentError: as :func:`iter_children`.
-
-    Example:
-      >>> class M(nnx.Module):
-      ...   def __init__(self):
-      ...     self.w = nnx.Param(jnp.ones(2))
-      ...     self.layers = [nnx.Linear(2, 2, rngs=nnx.Rngs(0))]
-      >>> [(k, type(v).__name__) for k, v in nnx.iter_module_children(M())]
-      [('layers', 'List')]
-    """
-    return _iter_children(_checked_kind(node, "iter_module_children", graph), node, True)
-
-
-def _checked_kind(node: Any, fn_name: str, graph: bool | None) -> int:
-    kind = _kind(node)
-    if kind is None:
-        raise ArgumentError(
-            f"{fn_name} expects a node (a Module or other nnx.Pytree, an nnx.List or "
-            f"nnx.Dict), got a {type(node).__name__}.\nFix: for a plain pytree iterate it "
-            "directly, or use nnx.iter_graph(value) to walk every node inside it."
-        )
-    check_tree_mode(graph, node, fn_name)
-    return kind
-
-
-def _iter_children(kind: int, node: Any, nodes_only: bool) -> Iterator[tuple[Hashable, Any]]:
-    for k, v in _items(node, kind):
-        if is_node(v) or (not nodes_only and isinstance(v, Variable)):
-            yield k, v
-
-
-# -- GraphState: a State that carries its GraphDef -----------------------------------------
-class GraphState(MutableMapping):
-    """A State bundled with the GraphDef it belongs to, as :func:`unpack` returns it.
-
-    It reads like its State (keys, attributes, pytree leaves) and ``nnx.merge`` takes it
-    without a separate GraphDef. The GraphDef is static pytree data.
-
-    Example:
-      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-      >>> params = nnx.unpack(model)
-      >>> params.kernel.shape
-      (2, 3)
-      >>> type(nnx.merge(params)).__name__
-      'Linear'
-    """
-
-    __slots__ = ("_graphdef", "_state")
-
-    def __init__(self, graphdef: GraphDef, state: State, /):
-        if not isinstance(state, State):
-            raise ArgumentError(
-                f"GraphState holds a State, got a {type(state).__name__}.\nFix: build it "
-                "with nnx.unpack(model), or GraphState(graphdef, nnx.State(mapping))."
-            )
-        object.__setattr__(self, "_graphdef", graphdef)
-        object.__setattr__(self, "_state", state)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in GraphState.__slots__:
-            raise AttributeError(name)
-        return getattr(self._state, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._state, name, value)
-
-    def __getitem__(self, key: Hashable) -> Any:
-        return self._state[key]
-
-    def __setitem__(self, key: Hashable, value: Any) -> None:
-        self._state[key] = value
-
-    def __delitem__(self, key: Hashable) -> None:
-        del self._state[key]
-
-    def __iter__(self) -> Iterator[Hashable]:
-        return iter(self._state)
-
-    def __len__(self) -> int:
-        return len(self._state)
-
-    def __repr__(self) -> str:
-        return f"GraphState({self._graphdef!r}, {self._state!r})"
-
-
-def _graph_state_flatten_with_keys(gs: GraphState) -> tuple[list, tuple]:
-    children, keys = _state_flatten_with_keys(gs._state)
-    return children, (gs._graphdef, keys)
-
-
-def _graph_state_flatten(gs: GraphState) -> tuple[list, tuple]:
-    children, keys = _state_flatten(gs._state)
-    return children, (gs._graphdef, keys)
-
-
-def _graph_state_unflatten(aux: tuple, children: Any) -> GraphState:
-    return GraphState(aux[0], _state_unflatten(aux[1], children))
-
-
-jax.tree_util.register_pytree_with_keys(
-    GraphState, _graph_state_flatten_with_keys, _graph_state_unflatten, _graph_state_flatten
-)
 
 
 def unpack(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
@@ -873,32 +600,7 @@ def unpack(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     return packed[0] if len(packed) == 1 else packed
 
 
-# -- functional calls ---------------------------------------------------------------------
-class _CallProxy:
-    """``proxy(*args)`` or ``proxy.method(*args)`` merges, calls, splits, and returns
-    ``(output, (graphdef, state))``."""
-
-    def __init__(self, graphdef: GraphDef, states: tuple[Mapping, ...], names: tuple[str, ...]):
-        self._graphdef = graphdef
-        self._states = states
-        self._names = names
-
-    def __getattr__(self, name: str) -> _CallProxy:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _CallProxy(self._graphdef, self._states, (*self._names, name))
-
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[GraphDef, State]]:
-        obj = merge(self._graphdef, *self._states, copy=True)  # functional: inputs untouched
-        fn: Callable = obj
-        for name in self._names:
-            fn = getattr(fn, name)
-        out = fn(*args, **kwargs)
-        new_graphdef, new_state = split(obj)
-        return out, (new_graphdef, new_state)
-
-
-def call(graphdef_state: Any, /, *states: Mapping) -> _CallProxy:
+def call(graphdef_state: Any, /, *states: Mapping) -> CallProxy:
     """Functional call of a split model.
 
     Accepts ``call((graphdef, state))`` (flax's form) or ``call(graphdef, state)``.
@@ -916,6 +618,6 @@ def call(graphdef_state: Any, /, *states: Mapping) -> _CallProxy:
       (6, 1)
     """
     if isinstance(graphdef_state, GraphDef):
-        return _CallProxy(graphdef_state, states, ())
+        return CallProxy(graphdef_state, states, ())
     graphdef_, *rest = graphdef_state
-    return _CallProxy(graphdef_, (*rest, *states), ())
+    return CallProxy(graphdef_, (*rest, *states), ())

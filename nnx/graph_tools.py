@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import jax
 
-from ._flatten import _is_pytree_with_data, _plain_key
 from ._graph_mode import check_tree_mode, iter_paths
+from ._graphdef import is_pytree_with_data, plain_key
 from .errors import ArgumentError, format_path
 from .filters import Filter
 from .graph import graphdef, is_node, merge, variables
 from .pytreelib import Dict, List, Pytree, is_array
-from .state import State, _flat_pairs, from_flat_state
+from .state import State, flat_pairs, from_flat_state
 from .variablelib import Variable
 
 __all__ = [
@@ -78,7 +78,7 @@ def map(  # flax name
         if recreate_variables and not isinstance(out, Variable):
             return node.replace(out)
         return out
-    pairs = [(p, f(p, leaf)) for p, leaf in _flat_pairs(variables(node))]
+    pairs = [(p, f(p, leaf)) for p, leaf in flat_pairs(variables(node))]
     return merge(
         graphdef(node), from_flat_state(pairs), recreate_variables=recreate_variables
     )
@@ -143,7 +143,7 @@ class _RecursiveMap:
             self.visited.add(key)
             self._children(value, path)
         elif not is_array(value) and (
-            isinstance(value, list | tuple | dict) or _is_pytree_with_data(value)
+            isinstance(value, list | tuple | dict) or is_pytree_with_data(value)
         ):
             value = self._pytree(value, path)
         out = self.f(path, value)
@@ -172,10 +172,10 @@ class _RecursiveMap:
         pairs, treedef = jax.tree_util.tree_flatten_with_path(
             value, is_leaf=lambda x: x is not value
         )
-        children = [self.visit(c, (*path, _plain_key(kp[0]))) for kp, c in pairs]
+        children = [self.visit(c, (*path, plain_key(kp[0]))) for kp, c in pairs]
         if all(a is b for (_, a), b in zip(pairs, children, strict=True)):
             return value
-        return treedef.unflatten(children)
+        return jax.tree_util.tree_unflatten(treedef, children)
 
 
 # -- pure values, metadata, state helpers ----------------------------------------------------
@@ -225,7 +225,7 @@ def set_metadata(node: Any, /, *, only: Filter = Variable, **metadata: Any) -> N
       >>> foo.param.get_metadata('frozen'), foo.other.get_metadata('frozen', None)
       (True, None)
     """
-    for _, var in _flat_pairs(variables(node, only)):
+    for _, var in flat_pairs(variables(node, only)):
         if isinstance(var, Variable):
             var.set_metadata(**metadata)
 
@@ -250,4 +250,4 @@ def map_state(f: Callable[[Path, Any], Any], state: State) -> State:
       >>> nnx.map_state(lambda path, v: path, s)['kernel']
       ('kernel',)
     """
-    return from_flat_state([(p, f(p, leaf)) for p, leaf in _flat_pairs(state)])
+    return from_flat_state([(p, f(p, leaf)) for p, leaf in flat_pairs(state)])

@@ -40,9 +40,10 @@ def _parent(obj: Any) -> tuple[Any, Hashable] | None:
                 if item is obj:
                     return ref, k
         elif type(ref) is dict:
+            namespace: dict[str, Any] = ref  # a Pytree's __dict__?
             for owner in gc.get_referrers(ref):
                 if isinstance(owner, Pytree) and getattr(owner, "__dict__", None) is ref:
-                    for k, item in ref.items():
+                    for k, item in namespace.items():
                         if item is obj and not k.startswith("_nnx_"):
                             return owner, k
     return None

@@ -32,7 +32,7 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, SupportsIndex, TypeVar
 
 import jax
 import numpy as np
@@ -263,7 +263,8 @@ def is_data(value: Any, /) -> bool:
     ``jax.ShapeDtypeStruct`` standing for one in an abstract model), instances of types
     registered with :func:`nnx.register_data_type`, and, unlike flax.nnx, a list, tuple or
     mapping (a dict, a State) holding any of those: nnx makes such containers data
-    (DESIGN.md, decision 3), so ``is_data`` says so.
+    (docs/coming-from-flax.md, "Plain lists and dicts of modules just work"), so
+    ``is_data`` says so.
 
     Example:
       >>> nnx.is_data(jnp.ones(2)), nnx.is_data(nnx.Param(1)), nnx.is_data('relu')
@@ -413,7 +414,7 @@ def dataclass(
                    weakref_slot=weakref_slot, repr=False)
 
     def wrap(c: Any) -> Any:
-        return dataclasses.dataclass(c, **options)  # type: ignore[call-overload]
+        return dataclasses.dataclass(c, **options)
 
     return wrap if cls is None else wrap(cls)
 
@@ -514,7 +515,8 @@ class Pytree:
     def _nnx_display(self) -> tuple[str, type, list[tuple[str, Any]]]:
         """Configuration first, then data; each sorted by name (the same order however the
         object was built, by hand or by ``nnx.merge`` inside a transform)."""
-        static, data = [], []
+        static: list[tuple[str, Any]] = []
+        data: list[tuple[str, Any]] = []
         for name, value in self._nnx_items():
             (data if self._nnx_is_data(name, value) else static).append((name, value))
         return "object", type(self), shown_fields(type(self), static + data)
@@ -609,7 +611,7 @@ def _registered_kind(obj: Pytree, name: str, value: Any) -> bool | None:
 _CACHE_FIELDS = frozenset({"_nnx_cache", "_nnx_multi"})
 
 
-def _register_pytree(cls: type) -> None:
+def _register_pytree(cls: type[Pytree]) -> None:
     def flatten_with_keys(obj: Pytree):
         children, names, statics = [], [], []
         for name, value in obj._nnx_items():
@@ -677,7 +679,7 @@ class List(list):
         list.append(self, _track(value))
         _stamp(self)
 
-    def insert(self, index: int, value: Any) -> None:  # type: ignore[override]
+    def insert(self, index: SupportsIndex, value: Any) -> None:
         list.insert(self, index, _track(value))
         _stamp(self)
 
@@ -685,7 +687,8 @@ class List(list):
         list.extend(self, [_track(v) for v in values])
         _stamp(self)
 
-    def __iadd__(self, values: Iterable[Any]) -> List:  # type: ignore[override]
+    # As list.__iadd__: any iterable, where list.__add__ takes only a list.
+    def __iadd__(self, values: Iterable[Any]) -> Self:  # type: ignore[misc]
         self.extend(values)
         return self
 
@@ -743,7 +746,7 @@ class Dict(dict):
         dict.__setitem__(self, key, _track(value))
         _stamp(self)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         dict.update(self, {k: _track(v) for k, v in dict(*args, **kwargs).items()})
         _stamp(self)
 
@@ -752,7 +755,8 @@ class Dict(dict):
             self[key] = default
         return dict.__getitem__(self, key)
 
-    def __ior__(self, other: Any) -> Dict:  # type: ignore[override]
+    # As dict.__ior__: any mapping or iterable of pairs, where dict.__or__ takes only a dict.
+    def __ior__(self, other: Any) -> Self:  # type: ignore[misc]
         self.update(other)
         return self
 
@@ -804,30 +808,44 @@ class Dict(dict):
         return Dict(self)
 
 
-def _register_container(cls: type, is_list: bool) -> None:
-    def flatten_with_keys(obj: Any):
-        if is_list:
-            return [(jax.tree_util.SequenceKey(i), v) for i, v in enumerate(obj)], len(obj)
-        keys = tuple(sorted(obj, key=_sort_key))
-        return [(jax.tree_util.DictKey(k), dict.__getitem__(obj, k)) for k in keys], keys
-
-    def flatten(obj: Any):
-        if is_list:
-            return list(obj), len(obj)
-        keys = tuple(sorted(obj, key=_sort_key))
-        return [dict.__getitem__(obj, k) for k in keys], keys
-
-    def unflatten(aux: Any, children: Iterable[Any]) -> Any:
-        new = cls.__new__(cls)
-        if is_list:
-            list.extend(new, children)
-        else:
-            dict.update(new, zip(aux, children, strict=True))
-        object.__setattr__(new, "_nnx_stamp", 0)
-        return new
-
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+# The pytree registrations of List (aux: its length) and Dict (aux: its keys, sorted).
+def _list_flatten_with_keys(obj: List) -> tuple[list[tuple[jax.tree_util.SequenceKey, Any]], int]:
+    return [(jax.tree_util.SequenceKey(i), v) for i, v in enumerate(obj)], len(obj)
 
 
-_register_container(List, True)
-_register_container(Dict, False)
+def _list_flatten(obj: List) -> tuple[list[Any], int]:
+    return list(obj), len(obj)
+
+
+def _list_unflatten(aux: int, children: Iterable[Any]) -> List:
+    new = List.__new__(List)
+    list.extend(new, children)
+    object.__setattr__(new, "_nnx_stamp", 0)
+    return new
+
+
+def _dict_flatten_with_keys(
+    obj: Dict,
+) -> tuple[list[tuple[jax.tree_util.DictKey, Any]], tuple[Any, ...]]:
+    keys = tuple(sorted(obj, key=_sort_key))
+    return [(jax.tree_util.DictKey(k), dict.__getitem__(obj, k)) for k in keys], keys
+
+
+def _dict_flatten(obj: Dict) -> tuple[list[Any], tuple[Any, ...]]:
+    keys = tuple(sorted(obj, key=_sort_key))
+    return [dict.__getitem__(obj, k) for k in keys], keys
+
+
+def _dict_unflatten(aux: tuple[Any, ...], children: Iterable[Any]) -> Dict:
+    new = Dict.__new__(Dict)
+    dict.update(new, zip(aux, children, strict=True))
+    object.__setattr__(new, "_nnx_stamp", 0)
+    return new
+
+
+jax.tree_util.register_pytree_with_keys(
+    List, _list_flatten_with_keys, _list_unflatten, _list_flatten
+)
+jax.tree_util.register_pytree_with_keys(
+    Dict, _dict_flatten_with_keys, _dict_unflatten, _dict_flatten
+)

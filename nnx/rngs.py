@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -371,7 +371,7 @@ def with_rngs(
                 )  # fmt: skip
                 return f(*args, **kwargs)
 
-            return wrapper  # type: ignore[return-value]
+            return cast(F, wrapper)
 
         return decorator
     splits = _rules({} if split is None else split if isinstance(split, Mapping) else {...: split})
@@ -388,7 +388,7 @@ def with_rngs(
     def update(path: tuple, value: Any) -> Any:
         if not isinstance(value, RngStream) or not keep(path, value):
             return value
-        found = {}
+        found: dict[str, tuple[Filter, Any]] = {}  # kind -> (filter, shape) of the match
         for kind, rules in (("split", splits), ("broadcast", casts), ("fork", forks)):
             match = next(((f, v) for f, pred, v in rules if pred(path, value)), None)
             if match is not None:
@@ -568,7 +568,7 @@ def split_rngs(
                 with split_rngs((args, kwargs), **kw):
                     return f(*args, **kwargs)
 
-            return wrapper  # type: ignore[return-value]
+            return cast(F, wrapper)
 
         return decorator
     if squeeze and splits != 1:
@@ -630,14 +630,15 @@ def fork_rngs(
         def decorator(f: F) -> F:
             @functools.wraps(f)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                kw = dict(split=split, graph=graph)
                 if not graph_updates_(graph_updates):
-                    args, kwargs = fork_rngs((args, kwargs), **kw, graph_updates=False)
+                    args, kwargs = fork_rngs(
+                        (args, kwargs), split=split, graph=graph, graph_updates=False
+                    )
                     return f(*args, **kwargs)
-                with fork_rngs((args, kwargs), **kw):
+                with fork_rngs((args, kwargs), split=split, graph=graph):
                     return f(*args, **kwargs)
 
-            return wrapper  # type: ignore[return-value]
+            return cast(F, wrapper)
 
         return decorator
     spec = split if isinstance(split, Mapping) else {...: split}

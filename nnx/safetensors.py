@@ -281,7 +281,7 @@ def _write_atomically(path: str, header: bytes, order: list[_Leaf]) -> None:
             f.write(len(header).to_bytes(8, "little"))
             f.write(header)
             for leaf in order:
-                f.write(_host_bytes(leaf))
+                f.write(_host_bytes(leaf).data)  # .data: the array's buffer (no copy)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

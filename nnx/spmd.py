@@ -44,16 +44,16 @@ from ._graph_mode import check_tree_mode
 # reach it without reaching up here; nnx.spmd is its public face (and keeps the private
 # names other modules used to import from it).
 from ._sharding_meta import PARTITION_NAME as PARTITION_NAME
-from ._sharding_meta import _place_new_value as _place_new_value
-from ._sharding_meta import _stacked_metadata as _stacked_metadata
-from ._sharding_meta import _unstacked_metadata as _unstacked_metadata
 from ._sharding_meta import logical_axis_rules as logical_axis_rules
+from ._sharding_meta import place_new_value as place_new_value
+from ._sharding_meta import stacked_metadata as stacked_metadata
+from ._sharding_meta import unstacked_metadata as unstacked_metadata
 from ._sharding_meta import use_eager_sharding as use_eager_sharding
 from ._sharding_meta import using_eager_sharding as using_eager_sharding
-from ._sharding_specs import _is_var, _shard_abstract
 from ._sharding_specs import get_named_sharding as get_named_sharding
 from ._sharding_specs import get_partition_spec as get_partition_spec
 from ._sharding_specs import get_var_pspec as get_var_pspec
+from ._sharding_specs import is_variable, shard_abstract
 from .graph import is_node, merge, split
 from .variablelib import with_metadata
 
@@ -138,10 +138,12 @@ def as_abstract(tree: T, graph: bool | None = None) -> T:
     check_tree_mode(graph, tree, "as_abstract")
     if is_node(tree):
         graphdef, state = split(tree)
-        _shard_abstract(state, annotated_only=True, root=type(tree).__name__)
+        shard_abstract(state, annotated_only=True, root=type(tree).__name__)
         return merge(graphdef, state)
-    copy = jax.tree_util.tree_map(lambda x: x.copy() if _is_var(x) else x, tree, is_leaf=_is_var)
-    _shard_abstract(copy, annotated_only=True)
+    copy = jax.tree_util.tree_map(
+        lambda x: x.copy() if is_variable(x) else x, tree, is_leaf=is_variable
+    )
+    shard_abstract(copy, annotated_only=True)
     return copy
 
 

@@ -26,7 +26,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 from jax.tree_util import DictKey
@@ -34,6 +34,7 @@ from jax.tree_util import DictKey
 from . import _treescope, _version
 from ._keys import sort_key as _sort_key
 from .errors import (
+    ArgumentError,
     AttributeNotFoundError,
     FilterError,
     KeyNotFoundError,
@@ -43,8 +44,12 @@ from .errors import (
 from .filters import Filter, filters_to_predicates
 from .variablelib import Variable
 
+if TYPE_CHECKING:
+    from ._graphdef import GraphDef
+
 __all__ = [
     "FlatState",
+    "GraphState",
     "State",
     "from_flat_state",
     "merge_state",
@@ -173,7 +178,7 @@ class State(MutableMapping):
     # -- flat view --------------------------------------------------------------------
     def flat_state(self) -> FlatState:
         """All (path, leaf) pairs, depth first in key order."""
-        return FlatState(_flat_pairs(self))
+        return FlatState(flat_pairs(self))
 
     @classmethod
     def from_flat_path(cls, flat: Any) -> State:
@@ -183,7 +188,7 @@ class State(MutableMapping):
     # -- filtering --------------------------------------------------------------------
     def filter(self, first: Filter, /, *filters: Filter) -> State | tuple[State, ...]:
         """Keeps the leaves matching each filter (one State per filter; leftovers dropped)."""
-        states = _split_pairs(_flat_pairs(self), (first, *filters), exhaustive=False)
+        states = split_pairs(flat_pairs(self), (first, *filters), exhaustive=False)
         return states[0] if not filters else states
 
     def split(self, first: Filter, /, *filters: Filter) -> State | tuple[State, ...]:
@@ -192,7 +197,7 @@ class State(MutableMapping):
         Raises:
           FilterError: some leaf matched no filter (the message lists their paths).
         """
-        states = _split_pairs(_flat_pairs(self), (first, *filters), exhaustive=True)
+        states = split_pairs(flat_pairs(self), (first, *filters), exhaustive=True)
         return states[0] if not filters else states
 
     @staticmethod
@@ -202,7 +207,7 @@ class State(MutableMapping):
 
     def map(self, f: Callable[[Path, Any], Any]) -> State:
         """A new State with ``f(path, leaf)`` in place of each leaf."""
-        return from_flat_state([(p, f(p, leaf)) for p, leaf in _flat_pairs(self)])
+        return from_flat_state([(p, f(p, leaf)) for p, leaf in flat_pairs(self)])
 
     # -- pure dicts -------------------------------------------------------------------
     def to_pure_dict(self, extract_fn: Callable[[Any], Any] | None = None) -> dict:
@@ -252,7 +257,7 @@ class FlatState(Sequence):
             pairs.sort(key=lambda pv: tuple(map(_sort_key, pv[0])))
         self._pairs = pairs
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self._pairs[i]
 
     def __len__(self) -> int:
@@ -278,7 +283,7 @@ class FlatState(Sequence):
         return f"FlatState({self._pairs!r})"
 
 
-def _flat_pairs(state: Mapping, prefix: Path = ()) -> list[tuple[Path, Any]]:
+def flat_pairs(state: Mapping, prefix: Path = ()) -> list[tuple[Path, Any]]:
     """(path, leaf) pairs depth first, keys sorted at every level (the pytree order)."""
     out: list[tuple[Path, Any]] = []
     _collect(state, prefix, out)
@@ -297,7 +302,7 @@ def _collect(node: Mapping, path: Path, out: list) -> None:
 
 def to_flat_state(state: Mapping) -> FlatState:
     """The flat view of a (nested) state."""
-    return FlatState(_flat_pairs(state))
+    return FlatState(flat_pairs(state))
 
 
 def from_flat_state(
@@ -334,7 +339,7 @@ def _wrap_nested(data: dict, cls: type[State] = State) -> State:
     return cls._wrap(data)
 
 
-def _nest_plan(paths: Sequence[Path]) -> dict | None:
+def nest_plan(paths: Sequence[Path]) -> dict | None:
     """A reusable recipe that nests leaves given in the order of `paths` into a State exactly
     as :func:`from_flat_state` would: nested dicts ``{key: leaf position | sub-plan}`` (never
     mutated once built). None when the paths do not nest plainly (an empty path, or a path
@@ -357,57 +362,15 @@ def _nest_plan(paths: Sequence[Path]) -> dict | None:
     return root
 
 
-def _from_plan(plan: dict, leaves: Sequence[Any]) -> State:
-    """The State that `plan` (from :func:`_nest_plan`) describes, holding `leaves`."""
+def state_from_plan(plan: dict, leaves: Sequence[Any]) -> State:
+    """The State that `plan` (from :func:`nest_plan`) describes, holding `leaves`."""
     data = {}
     for key, sub in plan.items():
-        data[key] = leaves[sub] if type(sub) is int else _from_plan(sub, leaves)
+        data[key] = leaves[sub] if type(sub) is int else state_from_plan(sub, leaves)
     return State._wrap(data)
 
 
-def _locate(plan: dict, data: Mapping, out: list[tuple[int, Any]]) -> bool:
-    """Appends ``(leaf position, leaf)`` for each leaf of `data` (a State's mapping or a dict,
-    possibly holding only some of the leaves) by walking `plan` alongside: no path tuples are
-    built or hashed. False when `data` strays from the plan (the caller then goes the slow,
-    path-by-path way, which also reports errors)."""
-    for key, value in data.items():
-        sub = plan.get(key)
-        if sub is None:
-            return False
-        t = type(value)
-        if type(sub) is int:
-            if (
-                t is State
-                or t is dict
-                or (not isinstance(value, Variable) and isinstance(value, Mapping))
-            ):
-                return False
-            out.append((sub, value))
-        else:
-            if t is State:
-                value = value._mapping
-            elif t is not dict:
-                return False
-            if not _locate(sub, value, out):
-                return False
-    return True
-
-
-def _iter_pairs(state: Mapping, path: Path, out: list) -> None:
-    """Like :func:`_flat_pairs` but in the mappings' own order (no sorting): for consumers that
-    look every path up by itself."""
-    data = state._mapping if isinstance(state, State) else state
-    for key, value in data.items():
-        t = type(value)
-        if t is State or t is dict:
-            _iter_pairs(value, (*path, key), out)
-        elif isinstance(value, Variable) or not isinstance(value, Mapping):
-            out.append(((*path, key), value))
-        else:
-            _iter_pairs(value, (*path, key), out)
-
-
-def _split_pairs(
+def split_pairs(
     pairs: list[tuple[Path, Any]], filters: tuple[Filter, ...], *, exhaustive: bool
 ) -> tuple[State, ...]:
     predicates = filters_to_predicates(filters)
@@ -433,7 +396,7 @@ def _split_pairs(
 
 def split_state(state: Mapping, first: Filter, /, *filters: Filter) -> Any:
     """Function form of :meth:`State.split`."""
-    states = _split_pairs(_flat_pairs(state), (first, *filters), exhaustive=True)
+    states = split_pairs(flat_pairs(state), (first, *filters), exhaustive=True)
     return states[0] if not filters else states
 
 
@@ -447,7 +410,7 @@ def merge_state(state: Mapping, /, *states: Mapping, cls: type[State] = State) -
     """
     merged: dict = {}
     for s in (state, *states):
-        for path, leaf in _flat_pairs(s):
+        for path, leaf in flat_pairs(s):
             merged[path] = leaf
     return from_flat_state(merged, cls=cls)
 
@@ -538,8 +501,8 @@ def replace_by_pure_dict(
         Also a KeyError, and a ValueError as flax.nnx raises.
     """
     pure = restore_int_paths(pure_dict, state)
-    targets = dict(_flat_pairs(state))
-    updates = _flat_pairs(pure)
+    targets = dict(flat_pairs(state))
+    updates = flat_pairs(pure)
     missing = [p for p, _ in updates if p not in targets]
     if missing:
         raise KeyNotFoundError(
@@ -564,3 +527,76 @@ def _set_leaf(state: State, path: Path, value: Any) -> None:
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
+
+
+# -- GraphState: a State that carries its GraphDef ---------------------------------------
+class GraphState(MutableMapping):
+    """A State bundled with the GraphDef it belongs to, as :func:`unpack` returns it.
+
+    It reads like its State (keys, attributes, pytree leaves) and ``nnx.merge`` takes it
+    without a separate GraphDef. The GraphDef is static pytree data.
+
+    Example:
+      >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> params = nnx.unpack(model)
+      >>> params.kernel.shape
+      (2, 3)
+      >>> type(nnx.merge(params)).__name__
+      'Linear'
+    """
+
+    __slots__ = ("_graphdef", "_state")
+
+    def __init__(self, graphdef: GraphDef, state: State, /):
+        if not isinstance(state, State):
+            raise ArgumentError(
+                f"GraphState holds a State, got a {type(state).__name__}.\nFix: build it "
+                "with nnx.unpack(model), or GraphState(graphdef, nnx.State(mapping))."
+            )
+        object.__setattr__(self, "_graphdef", graphdef)
+        object.__setattr__(self, "_state", state)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in GraphState.__slots__:
+            raise AttributeError(name)
+        return getattr(self._state, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._state, name, value)
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self._state[key] = value
+
+    def __delitem__(self, key: Hashable) -> None:
+        del self._state[key]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return f"GraphState({self._graphdef!r}, {self._state!r})"
+
+
+def _graph_state_flatten_with_keys(gs: GraphState) -> tuple[list, tuple]:
+    children, keys = _flatten_with_keys(gs._state)
+    return children, (gs._graphdef, keys)
+
+
+def _graph_state_flatten(gs: GraphState) -> tuple[list, tuple]:
+    children, keys = _flatten(gs._state)
+    return children, (gs._graphdef, keys)
+
+
+def _graph_state_unflatten(aux: tuple, children: Any) -> GraphState:
+    return GraphState(aux[0], _unflatten(aux[1], children))
+
+
+jax.tree_util.register_pytree_with_keys(
+    GraphState, _graph_state_flatten_with_keys, _graph_state_unflatten, _graph_state_flatten
+)

@@ -337,11 +337,12 @@ def _stats(node: Any) -> dict[str, tuple[int, int]]:
 def _bytes(n: int) -> str:
     if n < 1000:
         return f"{n} B"
+    scaled = float(n)
     for unit in ("KB", "MB", "GB", "TB", "PB"):
-        n /= 1000
-        if n < 1000 or unit == "PB":
+        scaled /= 1000
+        if scaled < 1000 or unit == "PB":
             break
-    return f"{n:.1f} {unit}"
+    return f"{scaled:.1f} {unit}"
 
 
 def _count(stat: tuple[int, int] | None) -> str:

@@ -4,8 +4,8 @@ flax.nnx 0.12 can back Variables with JAX mutable array refs (``ref=True``) or "
 Variables (``hijax=True``), chosen per Variable, by default (``var_defaults``) or for a copy of
 a model (``with_vars``). nnx has one kind of Variable: a plain box whose in-place updates
 travel through every transform by the graph machinery, at tree-mode speed thanks to the
-structure cache (DESIGN.md, decision 1). So ``False``/``None`` are accepted everywhere and
-``True`` is refused with an explanation, rather than silently ignored.
+structure cache (docs/coming-from-flax.md, "One semantics"). So ``False``/``None`` are
+accepted everywhere and ``True`` is refused with an explanation, rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 from .errors import ArgumentError
 from .filters import Filter
 from .graph import flatten, is_node, unflatten
+
+# The one refusal of flax's hijax/ref Variables, shared with Variable's own constructors
+# (variablelib's public namespace, flax's, gets no extra name for it).
 from .variablelib import _refuse_refs
 
 __all__ = ["VarDefaults", "var_defaults", "vars_as", "with_vars"]

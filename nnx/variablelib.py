@@ -21,25 +21,20 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import jax
 import numpy as np
 from jax.tree_util import GetAttrKey
 
 from . import _treescope, _version
+from ._meta import EMPTY_META, Meta
 from ._repr import shown_fields
-from ._sharding_meta import _place_new_value, use_eager_sharding, using_eager_sharding
-from ._variable_trace import (  # noqa: F401 - re-exported: transforms and graph use them
-    _FRAMES,
-    _check_frame,
-    _Frame,
-    _jax_trace,
-    _Leaked,
-    _Tracer,
-)
+from ._sharding_meta import place_new_value, use_eager_sharding, using_eager_sharding
+from ._variable_trace import FRAMES, JaxTracer, check_frame, jax_trace
 from .errors import ArgumentError, AttributeNotFoundError, KeyNotFoundError
 
 __all__ = [
@@ -61,33 +56,10 @@ _MISSING: Any = object()
 _OWN_FIELDS = frozenset({"_value", "_meta", "_nnx_stamp", "_nnx_trace"})
 
 
-class _Meta(dict):
-    """Variable metadata: a dict that is hashable so it can be pytree aux data.
-
-    Never mutated in place once attached to a Variable (set_metadata copies), so its hash is
-    stable. Unhashable entries (lists, dicts) hash by their repr.
-    """
-
-    __slots__ = ("_hash",)
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        try:
-            return self._hash
-        except AttributeError:
-            pass
-        try:
-            h = hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
-        except TypeError:
-            h = hash(repr(sorted(self.items(), key=lambda kv: kv[0])))
-        self._hash = h
-        return h
 
 
-_EMPTY_META = _Meta()
-
-
-def _binary(name: str):
-    def op(self, other):
+def _binary(name: str) -> Callable[[Any, Any], Any]:
+    def op(self: Variable[Any], other: Any) -> Any:
         if isinstance(other, Variable):
             other = other._value
         return getattr(self._value, name)(other)
@@ -104,8 +76,8 @@ _INPLACE_MESSAGE = (
 )
 
 
-def _inplace(op: str):
-    def method(self, other):
+def _inplace(op: str) -> Callable[[Any, Any], Any]:
+    def method(self: Variable[Any], other: Any) -> Any:
         from .errors import VariableInPlaceError
 
         raise VariableInPlaceError(_INPLACE_MESSAGE.format(cls=type(self).__name__, op=op))
@@ -113,8 +85,8 @@ def _inplace(op: str):
     return method
 
 
-def _unary(fn):
-    def op(self):
+def _unary(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def op(self: Variable[Any]) -> Any:
         return fn(self._value)
 
     return op
@@ -158,8 +130,9 @@ class VariableMetadata(Generic[A]):
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.on_set_value, Mapping):  # the older two-field form (raw, metadata)
-            self.metadata = {**self.on_set_value, **self.metadata}
+        legacy: object = self.on_set_value
+        if isinstance(legacy, Mapping):  # the older two-field form (raw, metadata)
+            self.metadata = {**legacy, **self.metadata}
             self.on_set_value = ()
         for name in _HOOK_NAMES:
             setattr(self, name, _as_hooks(getattr(self, name), name))
@@ -222,14 +195,14 @@ def with_metadata(
       >>> w.value.tolist()
       [0.0, 1.0]
     """
-    hooks = {
+    given = {
         "on_set_value": on_set_value,
         "on_get_value": on_get_value,
         "on_create_value": on_create_value,
         "on_add_axis": on_add_axis,
         "on_remove_axis": on_remove_axis,
     }
-    hooks = {k: _as_hooks(v, k) for k, v in hooks.items()}
+    hooks = {k: _as_hooks(v, k) for k, v in given.items()}
     return MetadataInitializer(initializer, metadata, {k: v for k, v in hooks.items() if v})
 
 
@@ -352,8 +325,12 @@ class Variable(Generic[A]):
     """
 
     # _nnx_trace: (a weak reference to) the JAX trace the Variable was created, rebuilt,
-    # unflattened or copied in; assigning it a tracer of another trace raises (_check_frame).
+    # unflattened or copied in; assigning it a tracer of another trace raises (check_frame).
     __slots__ = ("__weakref__", "_meta", "_nnx_stamp", "_nnx_trace", "_value")
+    _meta: Meta
+    _nnx_stamp: int
+    _nnx_trace: Any
+    _value: A
     _nnx_collection: ClassVar[str | None] = None
     _nnx_class_hooks: ClassVar[tuple[str, ...]] = ()
 
@@ -386,7 +363,7 @@ class Variable(Generic[A]):
             metadata.setdefault(name, getattr(cls, name))
         if eager_sharding is not None:
             metadata["eager_sharding"] = bool(eager_sharding)
-        object.__setattr__(self, "_meta", _Meta(metadata) if metadata else _EMPTY_META)
+        object.__setattr__(self, "_meta", Meta(metadata) if metadata else EMPTY_META)
         if metadata:
             create = metadata.get("on_create_value")
             if create:
@@ -394,20 +371,20 @@ class Variable(Generic[A]):
                 value = _run_hooks(create, self, value)
         if cls.create_value is not Variable.create_value:
             object.__setattr__(self, "_value", value)
-            value = self.create_value(value)
+            value = self.create_value(cast(A, value))  # the raw value by now
         if metadata:
             # Places the value of a new Variable whose metadata asks for a sharding
             # (``out_sharding``) on the mesh; see nnx._sharding_meta (the floor below this one).
             if eager_sharding and not using_eager_sharding():
                 with use_eager_sharding(True):
-                    value = _place_new_value(cls, value, metadata)
+                    value = place_new_value(cls, value, metadata)
             else:
-                value = _place_new_value(cls, value, metadata)
+                value = place_new_value(cls, value, metadata)
         object.__setattr__(self, "_value", value)
         object.__setattr__(self, "_nnx_stamp", 0)
-        _set_trace(self, _jax_trace.value)
-        if _FRAMES:
-            _FRAMES[-1].register(self)
+        _set_trace(self, jax_trace.value)
+        if FRAMES:
+            FRAMES[-1].register(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -430,8 +407,8 @@ class Variable(Generic[A]):
         meta = self._meta
         if meta and "on_set_value" in meta:
             value = _run_hooks(meta["on_set_value"], self, value)
-        if isinstance(value, _Tracer):  # the only cost on the hot path
-            _check_frame(self, value)
+        if isinstance(value, JaxTracer):  # the only cost on the hot path
+            check_frame(self, value)
         object.__setattr__(self, "_value", value)
 
     @property
@@ -469,8 +446,8 @@ class Variable(Generic[A]):
         """Sets the held value, without running hooks."""
         if isinstance(value, Variable):
             value = value._value
-        if isinstance(value, _Tracer):
-            _check_frame(self, value)
+        if isinstance(value, JaxTracer):
+            check_frame(self, value)
         object.__setattr__(self, "_value", value)
 
     def add_axis(self, axis_index: int, axis_name: Any | None) -> None:
@@ -489,6 +466,8 @@ class Variable(Generic[A]):
             for hook in hooks if isinstance(hooks, tuple) else (hooks,):
                 hook(self, axis_index, axis_name)
 
+    # (type: ignores here and in the array protocol below: the value is an unconstrained A, and
+    # these forward to its own indexing, length, iteration... as JAX arrays provide them)
     def __getitem__(self, key: Any) -> Any:
         meta = self._meta
         if meta and "on_get_value" in meta:
@@ -503,7 +482,7 @@ class Variable(Generic[A]):
             item = _run_hooks(meta["on_set_value"], self, item)
         current = self._value
         if isinstance(current, jax.Array) or hasattr(current, "at"):
-            new = current.at[key].set(item)  # type: ignore[union-attr]
+            new = current.at[key].set(item)
         elif isinstance(current, np.ndarray):
             new = current.copy()
             new[key] = item
@@ -512,8 +491,8 @@ class Variable(Generic[A]):
         else:
             current[key] = item  # type: ignore[index]
             return
-        if isinstance(new, _Tracer):
-            _check_frame(self, new)
+        if isinstance(new, JaxTracer):
+            check_frame(self, new)
         object.__setattr__(self, "_value", new)
 
     # -- metadata ---------------------------------------------------------------------
@@ -573,7 +552,7 @@ class Variable(Generic[A]):
         updates.update(kwargs)
         if not updates:
             return
-        object.__setattr__(self, "_meta", _Meta({**self._meta, **updates}))
+        object.__setattr__(self, "_meta", Meta({**self._meta, **updates}))
         object.__setattr__(self, "_nnx_stamp", _version.bump())
 
     def del_metadata(self, name: str) -> None:
@@ -590,7 +569,7 @@ class Variable(Generic[A]):
                 f"`if {name!r} in v.get_metadata(): v.del_metadata({name!r})`."
             )
         del meta[name]
-        object.__setattr__(self, "_meta", _Meta(meta))
+        object.__setattr__(self, "_meta", Meta(meta))
         object.__setattr__(self, "_nnx_stamp", _version.bump())
 
     @property
@@ -600,7 +579,7 @@ class Variable(Generic[A]):
 
     def replace(
         self, value: Any = _MISSING, *, _copy_ref: bool = True, **updates: Any
-    ) -> Variable[A]:
+    ) -> Self:
         """A new Variable of the same type, with a new value and/or updated metadata.
 
         (`_copy_ref` is flax's array-ref switch; nnx holds no refs, so it changes nothing.)
@@ -612,7 +591,7 @@ class Variable(Generic[A]):
         if value is not _MISSING:
             object.__setattr__(new, "_value", value)
         if metadata:
-            object.__setattr__(new, "_meta", _Meta({**self._meta, **metadata}))
+            object.__setattr__(new, "_meta", Meta({**self._meta, **metadata}))
         return new
 
     def has_metadata(self, name: str) -> bool:
@@ -656,16 +635,16 @@ class Variable(Generic[A]):
             _refuse_refs(f"nnx.{cls.__name__}.from_metadata", hijax=hijax, ref=ref)
         new = _new(cls)
         _set_value(new, value)
-        _set_meta(new, _Meta(meta) if meta else _EMPTY_META)
+        _set_meta(new, Meta(meta) if meta else EMPTY_META)
         _set_stamp(new, 0)
-        _set_trace(new, _jax_trace.value)
-        if _FRAMES:
-            _FRAMES[-1].register(new)
+        _set_trace(new, jax_trace.value)
+        if FRAMES:
+            FRAMES[-1].register(new)
         return new
 
     def copy(
         self, value: Any = _MISSING, *, _copy_ref: bool = True, **updates: Any
-    ) -> Variable[A]:
+    ) -> Self:
         """A shallow copy: a new Variable sharing the (immutable) array value; with `value`
         and/or metadata `updates`, the copy holds those instead."""
         if value is not _MISSING or updates:
@@ -674,9 +653,9 @@ class Variable(Generic[A]):
         _set_value(new, self._value)  # slot descriptors directly: merge copies every leaf
         _set_meta(new, self._meta)
         _set_stamp(new, 0)
-        _set_trace(new, _jax_trace.value)
-        if _FRAMES:
-            _FRAMES[-1].register(new)
+        _set_trace(new, jax_trace.value)
+        if FRAMES:
+            FRAMES[-1].register(new)
         return new
 
     __copy__ = copy
@@ -688,9 +667,9 @@ class Variable(Generic[A]):
         new = object.__new__(type(self))
         memo[id(self)] = new
         object.__setattr__(new, "_value", _copy.deepcopy(self._value, memo))
-        object.__setattr__(new, "_meta", _Meta(_copy.deepcopy(dict(self._meta), memo)))
+        object.__setattr__(new, "_meta", Meta(_copy.deepcopy(dict(self._meta), memo)))
         object.__setattr__(new, "_nnx_stamp", 0)
-        object.__setattr__(new, "_nnx_trace", _jax_trace.value)
+        object.__setattr__(new, "_nnx_trace", jax_trace.value)
         return new
 
     def __getstate__(self) -> dict:
@@ -698,9 +677,9 @@ class Variable(Generic[A]):
 
     def __setstate__(self, state: dict) -> None:
         object.__setattr__(self, "_value", state["value"])
-        object.__setattr__(self, "_meta", _Meta(state["metadata"]))
+        object.__setattr__(self, "_meta", Meta(state["metadata"]))
         object.__setattr__(self, "_nnx_stamp", 0)
-        object.__setattr__(self, "_nnx_trace", _jax_trace.value)
+        object.__setattr__(self, "_nnx_trace", jax_trace.value)
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: metadata first, then the value's attributes
@@ -737,7 +716,7 @@ class Variable(Generic[A]):
             object.__delattr__(self, name)
 
     # -- display (see _repr.py and _treescope.py) -------------------------------------
-    def _nnx_display(self) -> tuple[str, type, list[tuple[str, Any]]]:
+    def _nnx_display(self) -> tuple[str, builtins.type, list[tuple[str, Any]]]:
         """The value, then the metadata (sharding annotations...), private or None entries
         and plain callables left out."""
         meta = shown_fields(type(self), self._meta.items())
@@ -749,7 +728,7 @@ class Variable(Generic[A]):
     def __repr__(self) -> str:
         return _treescope.text(self)
 
-    # -- array protocol ---------------------------------------------------------------
+    # -- array protocol (forwarded to the value: see the note above __getitem__) --------
     def __jax_array__(self) -> jax.Array:
         return self._value  # type: ignore[return-value]
 
@@ -759,7 +738,7 @@ class Variable(Generic[A]):
     def __len__(self) -> int:
         return len(self._value)  # type: ignore[arg-type]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._value)  # type: ignore[call-overload]
 
     def __bool__(self) -> bool:
@@ -803,8 +782,8 @@ class Variable(Generic[A]):
     __ge__ = _binary("__ge__")
     # Elementwise, as in flax.nnx: `v == x` compares the values (an array for an array
     # value). Hashing stays by identity, so Variables still key dicts and sets.
-    __eq__ = _binary("__eq__")  # type: ignore[assignment]
-    __ne__ = _binary("__ne__")  # type: ignore[assignment]
+    __eq__ = _binary("__eq__")
+    __ne__ = _binary("__ne__")
     __hash__ = object.__hash__
     __iadd__ = _inplace("+")
     __isub__ = _inplace("-")
@@ -836,14 +815,14 @@ def _register_pytree(cls: type[Variable]) -> None:
     def flatten(v: Variable):
         return (v._value,), v._meta
 
-    def unflatten(meta: _Meta, children: Any) -> Variable:
+    def unflatten(meta: Meta, children: Any) -> Variable:
         new = object.__new__(cls)
         object.__setattr__(new, "_value", children[0])
         object.__setattr__(new, "_meta", meta)
         object.__setattr__(new, "_nnx_stamp", 0)
-        object.__setattr__(new, "_nnx_trace", _jax_trace.value)
-        if _FRAMES:
-            _FRAMES[-1].register(new)
+        object.__setattr__(new, "_nnx_trace", jax_trace.value)
+        if FRAMES:
+            FRAMES[-1].register(new)
         return new
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)

@@ -163,17 +163,17 @@ def _view_arguments(node: Any, predicate: Callable[[Path, Any], bool]) -> dict[t
             names = _accepted(obj.set_view)
             found[cls] = sorted(names) if names is not None else []
         elif isinstance(obj, Module):
-            names = [n for n in _MODE_ATTRIBUTES if n in obj.__dict__]
-            if names:
-                found[cls] = sorted(set(found.get(cls, [])) | set(names))
+            attrs = [n for n in _MODE_ATTRIBUTES if n in obj.__dict__]
+            if attrs:
+                found[cls] = sorted(set(found.get(cls, [])) | set(attrs))
     return dict(sorted(found.items(), key=lambda kv: kv[0].__qualname__))
 
 
 def _arg_docs(doc: str | None) -> dict[str, str]:
     """``name -> description`` from the ``Args:`` section of a Google docstring."""
-    out: dict[str, str] = {}
+    out: dict[str, tuple[int, list[str]]] = {}  # name -> (indent, lines)
     if not doc or "Args:" not in doc:
-        return out
+        return {}
     section = doc.split("Args:", 1)[1]
     current = None
     for line in section.splitlines()[1:]:
@@ -555,7 +555,7 @@ def _sowing(method: Callable[..., Any], name: str, variable_type: type[Variable]
         self.sow(variable_type, name, out)
         return out
 
-    wrapper._nnx_capturing = True  # type: ignore[attr-defined]
+    wrapper._nnx_capturing = True  # type: ignore[attr-defined]  # a mark on the function
     return wrapper
 
 

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import nnx
+from nnx._build import build
+from nnx._flatten import flatten_full
 from nnx.errors import format_path
-from nnx.graph import _flatten_full
 from tests.strategies import (
     GraphRecipe,
     Node,
@@ -183,7 +184,7 @@ def _check_update_identity(recipe: GraphRecipe) -> None:
     assert len(after.objects) == len(info.objects)
     assert all(a is b for a, b in zip(after.objects, info.objects, strict=True))
     assert nnx.graphdef(model) == graphdef
-    assert _flatten_full(model).graphdef == graphdef
+    assert flatten_full(model).graphdef == graphdef
     # A value-only update is no structural change: nothing is re-stamped.
     assert _stamps(after.objects) == stamps
 
@@ -211,7 +212,7 @@ def _check_deterministic(recipe: GraphRecipe) -> None:
     Unrelated().x = 1  # moves the structure clock
     assert nnx.graphdef(first) == g1
     assert hash(nnx.graphdef(first)) == h
-    full = _flatten_full(first).graphdef
+    full = flatten_full(first).graphdef
     assert full == g1
     assert hash(full) == h
 
@@ -313,7 +314,7 @@ def test_state_is_a_snapshot(n: int) -> None:
 
 # -- 8. the structure cache agrees with a fresh flatten -------------------------------------
 def _check_cache_consistent(root: Any) -> None:
-    full = _flatten_full(root)
+    full = flatten_full(root)
     graphdef = nnx.graphdef(root)
     assert graphdef == full.graphdef
     assert hash(graphdef) == hash(full.graphdef)
@@ -346,6 +347,36 @@ def test_structure_cache_matches_fresh_flatten(n: int) -> None:
     _run(n, _check_cache, graph_recipes(), mutation_ops())
 
 
+# -- 8b. building into existing objects is the same build ----------------------------------
+def _check_build_into(recipe: GraphRecipe, ops: list[tuple]) -> None:
+    """One build plan serves both: filling existing objects (how a transform writes a
+    structural change back into the caller's objects) gives the graph a fresh build gives,
+    and the existing objects of the recorded types are the ones in it."""
+    callers = build_graph(recipe)
+    result = build_graph(recipe)
+    for op in ops:
+        note(apply_mutation(result, op))
+    flat = flatten_full(result)
+    graphdef, leaves = flat.graphdef, list(flat.leaves)
+    fresh = build(graphdef, leaves, copy=True)
+    expected = walk(fresh).entries
+    assert expected == walk(result).entries
+    caller_nodes = flatten_full(callers).nodes
+    reuse = dict(enumerate(caller_nodes[: graphdef.num_nodes]))
+    table: list = []
+    built = build(graphdef, leaves, copy=True, reuse=reuse, nodes_out=table)
+    assert walk(built).entries == expected
+    assert identity_partition(built) == identity_partition(fresh)
+    for i, obj in reuse.items():
+        assert (table[i] is obj) == (type(obj) is type(table[i])), (i, type(obj))
+    assert flatten_full(built).graphdef == graphdef
+
+
+@pytest.mark.parametrize("n", [pytest.param(300, id="300"), *EXAMPLES[1:]])
+def test_build_into_existing_objects_equals_a_fresh_build(n: int) -> None:
+    _run(n, _check_build_into, graph_recipes(), mutation_ops())
+
+
 # -- 9. deepcopy keeps the graph (and drops the flatten caches) -----------------------------
 def _check_deepcopy(recipe: GraphRecipe) -> None:
     model = build_graph(recipe)
@@ -374,7 +405,7 @@ def test_update_drops_metadata_added_after_the_snapshot() -> None:
     model.w.set_metadata(note="new")
     nnx.update(model, saved)
     assert model.w.get_metadata() == {"tag": "a"}
-    assert _flatten_full(model).graphdef == nnx.graphdef(model)
+    assert flatten_full(model).graphdef == nnx.graphdef(model)
 
 
 def test_jit_write_back_drops_deleted_metadata() -> None:

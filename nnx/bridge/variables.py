@@ -28,7 +28,7 @@ from flax.core import meta
 from jax.sharding import PartitionSpec
 
 from .. import variablelib
-from .._sharding_meta import _spec
+from .._sharding_meta import partition_spec_of
 from ..errors import ArgumentError, format_path
 from ..variablelib import Variable
 
@@ -84,6 +84,10 @@ class NNXMeta(meta.AxisMetadata, Generic[A]):
       'kept'
     """
 
+    var_type: type[Variable]
+    value: A
+    metadata: dict[str, Any]
+
     def __init__(self, var_type: type[Variable], value: Any, metadata: Mapping[str, Any]):
         object.__setattr__(self, "var_type", var_type)
         object.__setattr__(self, "value", value)
@@ -100,7 +104,7 @@ class NNXMeta(meta.AxisMetadata, Generic[A]):
             and other.value is self.value
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: __eq__ compares the value
 
     def __repr__(self) -> str:
         return f"NNXMeta({self.var_type.__name__}, {self.value!r}, {self.metadata!r})"
@@ -119,20 +123,20 @@ class NNXMeta(meta.AxisMetadata, Generic[A]):
     def add_axis(self, index: int, params: dict[Any, Any]) -> NNXMeta:
         """Inserts the ``partition_name`` of linen's ``metadata_params`` into the sharding
         annotation (``nn.vmap``/``nn.scan`` stacking)."""
-        from .._sharding_meta import _stacked_metadata
+        from .._sharding_meta import stacked_metadata
 
-        return NNXMeta(self.var_type, self.value, _stacked_metadata(self.metadata, index, params))
+        return NNXMeta(self.var_type, self.value, stacked_metadata(self.metadata, index, params))
 
     def remove_axis(self, index: int, params: dict[Any, Any]) -> NNXMeta:
         """The inverse of :meth:`add_axis`."""
-        from .._sharding_meta import _unstacked_metadata
+        from .._sharding_meta import unstacked_metadata
 
-        new = _unstacked_metadata(self.metadata, index, params)
+        new = unstacked_metadata(self.metadata, index, params)
         return NNXMeta(self.var_type, self.value, new)
 
     def get_partition_spec(self) -> PartitionSpec:
         """The ``PartitionSpec`` of the annotation (``P()`` when there is none)."""
-        spec = _spec(self.metadata)
+        spec = partition_spec_of(self.metadata)
         return PartitionSpec() if spec is None else spec
 
     def to_nnx_variable(self) -> Variable:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import flax.linen as linen
 import jax
@@ -71,7 +71,7 @@ def lazy_init(fn: Module | Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     added = ids - _INITIALIZING.ids
     _INITIALIZING.ids |= added
     try:
-        fn(*args, **kwargs)
+        cast(Callable[..., Any], fn)(*args, **kwargs)  # a Module: through its __call__
     finally:
         _INITIALIZING.ids -= added
     return fn
@@ -143,11 +143,12 @@ class ToNNX(Module):
                 f"ToNNX wraps a flax.linen module instance; got {type(module).__name__}.\n"
                 "Fix: ToNNX(nn.Dense(4), rngs=nnx.Rngs(0)); an nnx module needs no wrapper."
             )
+        held: linen.Module | _LinenRef = module
         try:
             hash(module)
         except TypeError:
-            module = _LinenRef(module)  # type: ignore[assignment]
-        self.to_nnx__module = module
+            held = _LinenRef(module)
+        self.to_nnx__module = held
         self.to_nnx__rngs: Rngs | None
         if isinstance(rngs, Rngs):
             self.to_nnx__rngs = rngs.fork()
@@ -256,6 +257,7 @@ class ToNNX(Module):
         counts = (
             [(s.count, s.count.value) for _, s in rngs.items()] if isinstance(rngs, Rngs) else []
         )
+        updates: Mapping[str, Any] | None
         try:
             keys = _rng_keys(rngs)
             attrs = self._attrs()

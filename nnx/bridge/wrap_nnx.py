@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import flax.linen as linen
 from flax.core import FrozenDict, meta
+from flax.core.scope import Scope
 
 from .. import variablelib
 from ..errors import ArgumentError, format_path
@@ -35,7 +36,8 @@ M = TypeVar("M", bound=Module)
 
 def _rngs_from_linen(module: linen.Module, add_default: bool) -> Rngs:
     """One key from each of linen's RNG streams, as nnx Rngs."""
-    keys: dict[str, Any] = {name: module.make_rng(name) for name in module.scope.rngs}
+    scope = cast(Scope, module.scope)  # bound: called from ToLinen's compact __call__
+    keys: dict[str, Any] = {name: module.make_rng(name) for name in scope.rngs}
     if add_default and "default" not in keys:
         keys["default"] = 0
     return Rngs(**keys)
@@ -110,7 +112,7 @@ class ToLinen(linen.Module):
 
     def __getattr__(self, name: str) -> Any:
         try:
-            return super().__getattr__(name)  # type: ignore[misc]
+            return super().__getattr__(name)
         except AttributeError:
             pass
         kwargs = self.__dict__.get("kwargs")
@@ -120,7 +122,7 @@ class ToLinen(linen.Module):
         method = getattr(nnx_class, name, None) if nnx_class is not None else None
         if callable(method) and not name.startswith("_"):
             bound = functools.partial(self.__call__, nnx_method=method)
-            bound.__self__ = self  # type: ignore[attr-defined]
+            bound.__self__ = self  # type: ignore[attr-defined]  # so lazy_init finds the module
             return bound
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
@@ -278,6 +280,8 @@ def to_linen_class(
             **linen_kwargs,
         )
 
-    ToLinenPartial.__init__ = __init__  # type: ignore[method-assign]
+    # Linen modules are dataclasses: the looser __init__ goes on after the class is made (as
+    # flax's to_linen_class does), and differs from the generated one on purpose.
+    ToLinenPartial.__init__ = __init__  # type: ignore[method-assign, assignment]
     ToLinenPartial.__name__ = ToLinenPartial.__qualname__ = f"ToLinen_{base_nnx_class.__name__}"
     return ToLinenPartial

@@ -38,7 +38,7 @@ from ..graph import split as _split
 from ..graph import state as _state
 from ..graph import update as _update
 from ..pytreelib import Pytree, data
-from ..state import _flat_pairs, from_flat_state, merge_state
+from ..state import flat_pairs, from_flat_state, merge_state
 from ..variablelib import Param, Variable
 
 __all__ = ["EMA"]
@@ -83,7 +83,7 @@ class EMA(Pytree):
         wrt = only if wrt is _MISSING else wrt
         self.decay = decay
         self.wrt = wrt
-        pairs = _flat_pairs(_state(model, wrt))
+        pairs = flat_pairs(_state(model, wrt))
         not_vars = [format_path(p) for p, v in pairs if not isinstance(v, Variable)]
         if not_vars:
             raise NNXError(
@@ -100,9 +100,9 @@ class EMA(Pytree):
 
     def _pairs(self, model: Any) -> list[tuple[Any, Variable, Any]]:
         """(path, average Variable, model value) for every averaged path, checked first."""
-        current = dict(_flat_pairs(_state(model, self.wrt)))
+        current = dict(flat_pairs(_state(model, self.wrt)))
         out, missing = [], []
-        for path, avg in _flat_pairs(self.params):
+        for path, avg in flat_pairs(self.params):
             value = current.get(path, _MISSING)
             if value is _MISSING:
                 missing.append(format_path(path))

@@ -72,6 +72,7 @@ class Average(Metric):
 
     def update(self, mask: Any = None, **kwargs: Any) -> None:
         values = jnp.asarray(_get(self, kwargs))
+        count: int | jax.Array
         if mask is None:
             total, count = jnp.sum(values, dtype=jnp.float32), values.size
         else:
@@ -110,6 +111,7 @@ class Accuracy(Average):
         super().__init__(*args, **kwargs)
         self.threshold = None if threshold is None else float(threshold)
 
+    # flax's signature: keyword-only logits and labels where Average.update takes **kwargs
     def update(  # type: ignore[override]
         self, *, logits: Any, labels: Any, mask: Any = None, **_: Any
     ) -> None:
@@ -216,14 +218,14 @@ class MultiMetric(Metric):
         return {name: getattr(self, name).compute() for name in self._names}
 
 
-def _get(metric: Metric, kwargs: dict) -> Any:
-    if metric.argname not in kwargs:  # type: ignore[attr-defined]
-        name = metric.argname  # type: ignore[attr-defined]
+def _get(metric: Average | Welford, kwargs: dict) -> Any:
+    if metric.argname not in kwargs:
+        name = metric.argname
         raise NNXError(
             f"{type(metric).__name__}.update expects the keyword {name!r}; got "
             f"{sorted(kwargs)}. Fix: pass {name}=..., or build it with argname=<your keyword>."
         )
-    return kwargs[metric.argname]  # type: ignore[attr-defined]
+    return kwargs[metric.argname]
 
 
 def _broadcast_mask(metric: Metric, mask: jax.Array, shape: tuple) -> jax.Array:

@@ -360,7 +360,8 @@ def _same_kind(a: Any, b: Any) -> bool:
     their structure, shapes and dtypes."""
     la, ta = jax.tree.flatten(a)
     lb, tb = jax.tree.flatten(b)
-    return ta == tb and all(
+    # (jaxlib ships no type stub for PyTreeDef yet)
+    return ta == tb and all(  # type: ignore[operator, unused-ignore]
         jnp.shape(x) == jnp.shape(y) and jnp.result_type(x) == jnp.result_type(y)
         for x, y in zip(la, lb, strict=True)
     )

@@ -30,7 +30,8 @@ import optax
 from ..errors import NNXError
 from ..filters import Filter
 from ..variablelib import Param
-from .optimizer import Optimizer, _what
+from ._messages import what
+from .optimizer import Optimizer
 
 __all__ = ["ModelAndOptimizer"]
 
@@ -82,12 +83,12 @@ class ModelAndOptimizer(Optimizer):
             args = args[1:]
         if len(args) != 1:
             got = (
-                f"a model ({_what(args[0])}) that is not optimizer.model, and gradients"
+                f"a model ({what(args[0])}) that is not optimizer.model, and gradients"
                 if len(args) == 2
                 else f"{len(args)} positional arguments"
             )
             raise NNXError(_GRADS_ONLY.format(got=got))
         (grads,) = args
         if grads is self.model:
-            raise NNXError(_MODEL_AS_GRADS.format(what=_what(grads)))
+            raise NNXError(_MODEL_AS_GRADS.format(what=what(grads)))
         return self._apply(self.model, grads, kwargs)

@@ -41,14 +41,17 @@ import numpy as np
 import optax
 
 from .._graph_mode import check_tree_mode
+from .._graphdef import plain_key
+from .._variable_trace import JaxTracer, check_frame
 from ..errors import AttributeNotFoundError, NNXError, format_path, short_list
 from ..filters import Filter
-from ..graph import _plain_key, is_node
+from ..graph import is_node
 from ..graph import state as _state
 from ..graph import update as _update
 from ..pytreelib import Dict, List, Pytree, data, is_array, static
-from ..state import State, _flat_pairs, from_flat_state
-from ..variablelib import Param, Variable, _check_frame, _Tracer
+from ..state import State, flat_pairs, from_flat_state
+from ..variablelib import Param, Variable
+from ._messages import what
 
 __all__ = ["OptArray", "OptState", "OptVariable", "Optimizer"]
 
@@ -79,7 +82,7 @@ def _is_var(x: Any) -> bool:
 
 def _values(state: Mapping) -> State:
     return from_flat_state(
-        [(p, v._value if isinstance(v, Variable) else v) for p, v in _flat_pairs(state)]
+        [(p, v._value if isinstance(v, Variable) else v) for p, v in flat_pairs(state)]
     )
 
 
@@ -103,7 +106,8 @@ def _as_graph_data(tree: Any) -> Any:
     if type(tree) is list:
         return List([_as_graph_data(v) for v in tree])
     children, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is not tree)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # a leaf
+    # a leaf (jaxlib ships no type stub for PyTreeDef yet)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined, unused-ignore]
         return tree
     return jax.tree_util.tree_unflatten(treedef, [_as_graph_data(c) for c in children])
 
@@ -113,11 +117,11 @@ def _opt_arrays(init: Any, trained: Mapping) -> Any:
     Variable (a moment: the Variable's path ends its own path, same shape) takes that
     Variable's metadata, as in flax, so its sharding annotation (``out_sharding``) carries
     over: ``nnx.get_partition_spec(nnx.state(optimizer))`` shards moments like params."""
-    metas = {path: (jnp.shape(v._value), v._meta) for path, v in _flat_pairs(trained)}
+    metas = {path: (jnp.shape(v._value), v._meta) for path, v in flat_pairs(trained)}
     depth = max((len(p) for p in metas), default=0)
 
     def wrap(keypath: tuple, leaf: Any) -> OptArray:
-        path = tuple(_plain_key(k) for k in keypath)
+        path = tuple(plain_key(k) for k in keypath)
         for start in range(max(0, len(path) - depth), len(path)):
             hit = metas.get(path[start:])
             if hit is not None and hit[0] == jnp.shape(leaf):
@@ -125,17 +129,6 @@ def _opt_arrays(init: Any, trained: Mapping) -> Any:
         return OptArray(leaf)
 
     return jax.tree_util.tree_map_with_path(wrap, init)
-
-
-def _what(x: Any) -> str:
-    """What an argument is, for error messages: ``MLP``, ``State``, ``None``..."""
-    if x is None:
-        return "None"
-    if is_array(x):
-        return f"array of shape {tuple(jnp.shape(x))}"
-    if type(x) in (tuple, list):
-        return f"{type(x).__name__} of {len(x)} items"
-    return type(x).__name__
 
 
 def _graph_leaves(x: Any) -> list[Any]:
@@ -223,9 +216,9 @@ def _grad_pairs(grads: Any) -> list[tuple[tuple, Any]]:
     elif isinstance(grads, Mapping):
         tree = grads
     else:
-        raise NNXError(_BAD_GRADS.format(what=_what(grads)))
-    pairs = [(p, v._value if isinstance(v, Variable) else v) for p, v in _flat_pairs(tree)]
-    bad = [f"{format_path(p, 'grads')}: {_what(v)}" for p, v in pairs if not _is_array_like(v)]
+        raise NNXError(_BAD_GRADS.format(what=what(grads)))
+    pairs = [(p, v._value if isinstance(v, Variable) else v) for p, v in flat_pairs(tree)]
+    bad = [f"{format_path(p, 'grads')}: {what(v)}" for p, v in pairs if not _is_array_like(v)]
     if bad:
         raise NNXError(_BAD_GRAD_LEAVES.format(where=short_list(bad)))
     return pairs
@@ -327,24 +320,24 @@ class Optimizer(Pytree):
             if held is None:
                 raise NNXError(_NO_MODEL)
             if model_or_grads is held:
-                raise NNXError(_MODEL_ONLY.format(what=_what(held)))
+                raise NNXError(_MODEL_ONLY.format(what=what(held)))
             return self._apply(held, model_or_grads, kwargs)
         model = model_or_grads
         if grads is model:
-            raise NNXError(_MODEL_AS_GRADS.format(what=_what(model)))
+            raise NNXError(_MODEL_AS_GRADS.format(what=what(model)))
         if (held is not None and grads is held) or (_is_model(grads) and not _is_model(model)):
-            raise NNXError(_SWAPPED.format(first=_what(model), second=_what(grads)))
+            raise NNXError(_SWAPPED.format(first=what(model), second=what(grads)))
         if isinstance(model, State):
             raise NNXError(_SNAPSHOT)
         if not _is_model(model):
-            raise NNXError(_NOT_A_MODEL.format(what=_what(model)))
+            raise NNXError(_NOT_A_MODEL.format(what=what(model)))
         return self._apply(model, grads, kwargs)
 
     def _apply(self, model: Any, grads: Any, kwargs: Mapping[str, Any]) -> Any:
         """Checks, computes, then writes: nothing changes unless everything succeeds."""
         grad_map = dict(_grad_pairs(grads))
         params = _values(_state(model, self.wrt))
-        param_pairs = _flat_pairs(params)
+        param_pairs = flat_pairs(params)
         missing = [p for p, _ in param_pairs if p not in grad_map]
         if missing:
             raise NNXError(
@@ -380,8 +373,8 @@ class Optimizer(Pytree):
         # through a closure): checked for all before any is written. nnx.update checks the
         # model's Variables the same way, and writes nothing if it raises.
         for var, value in writes:
-            if isinstance(value, _Tracer):
-                _check_frame(var, value)
+            if isinstance(value, JaxTracer):
+                check_frame(var, value)
         _update(model, new_params)
         for var, value in writes:
             var.value = value

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ def _is_static(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("static", False)) or f.metadata.get("pytree_node", True) is False
 
 
-def _make_pytree_dataclass(cls: type) -> None:
+def _make_pytree_dataclass(cls: type[TrainState]) -> None:
     if "__dataclass_fields__" not in cls.__dict__:
         dataclasses.dataclass(frozen=True)(cls)
     fields = dataclasses.fields(cls)
@@ -52,6 +52,10 @@ def _make_pytree_dataclass(cls: type) -> None:
     )
 
 
+# TrainState is a frozen dataclass, and so is every subclass (made one by __init_subclass__);
+# dataclass_transform tells type checkers the latter.
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
+@dataclasses.dataclass(frozen=True)
 class TrainState:
     """An immutable training state for the functional style.
 

@@ -14,7 +14,7 @@ Outside the trace (every call, so it must be cheap):
 Inside the trace:
   * :func:`traced_call` -- the one rebuild-and-call sequence -- makes fresh objects around
     the traced values (a transform frame tracks them so that state mutated through a closure
-    is caught, see ``variables._FRAMES``), calls the user function on them and hands back a
+    is caught, see ``variables.FRAMES``), calls the user function on them and hands back a
     :class:`Traced` record while the frame is still open;
   * :func:`collect` flattens them again after the user function ran. When the structure is
     unchanged and the output holds no graph objects (the common case) only the changed
@@ -44,17 +44,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from ..graph import (
-    GraphDef,
-    _build,
-    _Flat,
-    _flatten_cached,
-    _flatten_full,
-    _replace_metadata,
-    _write_raw_leaves,
-)
+from .._build import build, replace_metadata
+from .._encoding import summary
+from .._flatten import Flat, flatten_cached, flatten_full, write_raw_leaves
+from .._graphdef import GraphDef
+from .._variable_trace import FRAMES, JaxTracer, TraceFrame, check_frame
 from ..pytreelib import Dict, List, Pytree
-from ..variablelib import _FRAMES, Variable, _check_frame, _Frame, _Tracer
+from ..variablelib import Variable
 
 __all__ = [
     "CARRY_STRUCTURE",
@@ -76,20 +72,20 @@ __all__ = [
     "traced_call",
 ]
 
-_GRAPH_TYPES = (Pytree, List, Dict, Variable)
+GRAPH_TYPES = (Pytree, List, Dict, Variable)
 _PLAIN_TYPES = (jax.Array, np.ndarray, int, float, bool, complex, str, type(None))
 _PLAIN_EXACT = frozenset({type(jax.numpy.zeros(())), *_PLAIN_TYPES[1:]})
 
 
 def _is_graph_leaf(x: Any) -> bool:
-    return isinstance(x, _GRAPH_TYPES)
+    return isinstance(x, GRAPH_TYPES)
 
 
 def contains_graph(x: Any) -> bool:
     """True if `x` is, or is a pytree holding, a Module/Variable/Rngs/List/Dict."""
     if type(x) in _PLAIN_EXACT:  # the common non-graph argument (a batch), no ABC checks
         return False
-    if isinstance(x, _GRAPH_TYPES):
+    if isinstance(x, GRAPH_TYPES):
         return True
     if isinstance(x, _PLAIN_TYPES):
         return False
@@ -111,7 +107,7 @@ class CallSpec:
 
     __slots__ = ("_hash", "graphdef", "metas", "paths", "positions", "root_of", "slices")
 
-    def __init__(self, flat: _Flat, positions: tuple[int | str, ...]):
+    def __init__(self, flat: Flat, positions: tuple[int | str, ...]):
         self.graphdef: GraphDef = flat.graphdef
         self.metas = tuple(
             leaf._meta if slot is None else None
@@ -146,7 +142,7 @@ class CallSpec:
         )
 
     def __repr__(self) -> str:
-        return f"CallSpec({self.graphdef._summary()}, positions={self.positions})"
+        return f"CallSpec({summary(self.graphdef)}, positions={self.positions})"
 
 
 def split_args(
@@ -154,13 +150,13 @@ def split_args(
     kwargs: dict[str, Any],
     skip: frozenset[int] = frozenset(),
     skip_names: frozenset[str] = frozenset(),
-) -> tuple[CallSpec, _Flat, list[Any]]:
+) -> tuple[CallSpec, Flat, list[Any]]:
     """Flattens the graph arguments of a call; returns its spec, the flatten, and the values."""
     positions: list[int | str] = [
         i for i, a in enumerate(args) if i not in skip and contains_graph(a)
     ]
     positions += [k for k, v in kwargs.items() if k not in skip_names and contains_graph(v)]
-    flat = _flatten_cached(_roots(positions, args, kwargs))
+    flat = flatten_cached(_roots(positions, args, kwargs))
     key = tuple(positions)
     spec = flat.extra.get(key)
     if spec is None:
@@ -171,7 +167,7 @@ def split_args(
 _get_value = operator.attrgetter("_value")
 
 
-def leaf_values(flat: _Flat) -> list[Any]:
+def leaf_values(flat: Flat) -> list[Any]:
     """The values a compiled call takes for a flatten's leaves: each Variable's value, and
     raw array leaves as they are (read fresh by the flatten's cache hit or refresh)."""
     if flat.has_raw:
@@ -211,17 +207,17 @@ class Frame:
     take traced values; any other Variable that does raises TraceContextError."""
 
     def __enter__(self) -> Frame:
-        _FRAMES.append(_Frame())
+        FRAMES.append(TraceFrame())
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _FRAMES.pop().close()
+        FRAMES.pop().close()
 
 
 def rebuild(spec: CallSpec, values: Sequence[Any]) -> tuple[tuple[Any, ...], list[Any]]:
     """Fresh graph objects around `values` (inside a trace); returns (roots, node table)."""
     nodes: list[Any] = []
-    roots = _build(spec.graphdef, list(values), False, metas=list(spec.metas), nodes_out=nodes)
+    roots = build(spec.graphdef, list(values), False, metas=list(spec.metas), nodes_out=nodes)
     return roots, nodes
 
 
@@ -271,7 +267,7 @@ class Continuation(NamedTuple):
         the step's input objects; :func:`restore` writes those into the caller's objects.
     """
 
-    flat: _Flat
+    flat: Flat
     values: list[Any]
     metas: list[Any]
     reuse: tuple[tuple[int, int], ...]
@@ -290,9 +286,9 @@ def _reuse_pairs(nodes: Sequence[Any], inputs: Sequence[Any]) -> tuple[tuple[int
     return tuple((j, index_of[id(n)]) for j, n in enumerate(nodes) if id(n) in index_of)
 
 
-def after(t: Traced) -> _Flat:
+def after(t: Traced) -> Flat:
     """Inside the trace: the flatten of the graph arguments as the call left them."""
-    return _flatten_full(t.roots)
+    return flatten_full(t.roots)
 
 
 def follow(t: Traced, roots: Sequence[Any]) -> Continuation:
@@ -300,7 +296,7 @@ def follow(t: Traced, roots: Sequence[Any]) -> Continuation:
     hands on (the graph arguments with the returned carry in place of the carried one), and
     records which of their nodes are the step's input objects (mutated in place) and which
     are new."""
-    post = _flatten_full(tuple(roots))
+    post = flatten_full(tuple(roots))
     values = list(map(_leaf_value, post.leaves))
     metas = list(map(_leaf_meta, post.leaves))
     return Continuation(post, values, metas, _reuse_pairs(post.nodes, t.nodes))
@@ -308,7 +304,7 @@ def follow(t: Traced, roots: Sequence[Any]) -> Continuation:
 
 def structure(objs: Sequence[Any]) -> GraphDef:
     """The GraphDef of `objs` flattened together (to compare a loop carry's structure)."""
-    return _flatten_full(tuple(objs)).graphdef
+    return flatten_full(tuple(objs)).graphdef
 
 
 CARRY_STRUCTURE = (
@@ -350,7 +346,7 @@ def check_dropped(
 
 
 def restore(
-    flat: _Flat,
+    flat: Flat,
     graphdef: GraphDef,
     values: Sequence[Any],
     metas: Sequence[Any],
@@ -365,21 +361,21 @@ def restore(
     nodes = {j: flat.nodes[i] for j, i in reuse} if write else None
     if nodes:
         _check_writes(nodes.values(), values)
-    return _build(graphdef, list(values), False, metas=list(metas), reuse=nodes)
+    return build(graphdef, list(values), False, metas=list(metas), reuse=nodes)
 
 
 def _check_writes(targets: Any, values: Sequence[Any]) -> None:
     """Before a write-back: when the values are tracers (an nnx transform called inside a
     raw JAX transform), every target Variable must belong to the running trace, else
     TraceContextError and nothing is written. One ``isinstance`` when they are not."""
-    tracer = next((v for v in values if isinstance(v, _Tracer)), None)
+    tracer = next((v for v in values if isinstance(v, JaxTracer)), None)
     if tracer is not None:
         for var in targets:
             if isinstance(var, Variable):
-                _check_frame(var, tracer)
+                check_frame(var, tracer)
 
 
-def match_leaves(t: Traced, post: _Flat) -> list[int | None]:
+def match_leaves(t: Traced, post: Flat) -> list[int | None]:
     """After the structure of the arguments changed inside a trace (`post` is their flatten,
     `t` the call): for each leaf of `post`, the input leaf it
     continues, or None for one created inside. A Variable continues itself wherever it sits
@@ -471,39 +467,47 @@ def collect(
         raise TraceContextError(
             f"The structure of the arguments changed inside {what} (an attribute or "
             "Variable was added, removed or replaced), which it cannot carry out: "
-            f"before {spec.graphdef._summary()}, after {post.graphdef._summary()}.\n"
+            f"before {summary(spec.graphdef)}, after {summary(post.graphdef)}.\n"
             "Fix: create new attributes and sub-modules before the transform (e.g. run "
             "the model once eagerly, or use nnx.eval_shape / lazy initialisation first)."
         )
-    joint = _flatten_full((t.roots, out))
+    joint = flatten_full((t.roots, out))
     values = list(map(_leaf_value, joint.leaves))
-    metas = tuple(map(_leaf_meta, joint.leaves))
+    all_metas = tuple(map(_leaf_meta, joint.leaves))
     reuse = _reuse_pairs(joint.nodes, t.nodes)
-    return None, values, Out("full", metas=metas, graphdef=joint.graphdef, reuse=reuse)
+    return None, values, Out("full", metas=all_metas, graphdef=joint.graphdef, reuse=reuse)
 
 
 # -- outside the trace --------------------------------------------------------------------
-_VALUE_SLOT = Variable._value  # the slot descriptor behind every Variable's ``_value``
-_PLANS = object()  # key of the write plans in ``_Flat.extra``
+_VALUE_SLOT = Variable.__dict__["_value"]  # the slot descriptor behind every ``_value``
+_PLANS = object()  # key of the write plans in ``Flat.extra``
 _MAX_PLANS = 8
 
 
-def _write_plan(flat: _Flat, info: Out) -> tuple:
-    """(info, target Variables, their positions in the values or None for all, raw leaves as
-    (position, leaf index, slot), whether the slot descriptor may be used), cached on `flat`
-    per `info` object: a compiled function returns the same Out object on every call."""
+class WritePlan(NamedTuple):
+    """Where a compiled call's values go, cached on the flatten per Out object (a compiled
+    function returns the same Out object on every call)."""
+
+    info: Out
+    targets: list[Variable]  # the Variables written
+    var_pos: list[int] | None  # their positions among the values (None: all of them)
+    raw: tuple[tuple[int, int, Any], ...]  # raw leaves: (position, leaf index, slot)
+    plain: bool  # every target's ``_value`` is the plain slot (set in C)
+
+
+def _write_plan(flat: Flat, info: Out) -> WritePlan:
     plans = flat.extra.get(_PLANS)
     if plans is None:
         plans = flat.extra[_PLANS] = {}
     plan = plans.get(id(info))
-    if plan is not None and plan[0] is info:
+    if plan is not None and plan.info is info:
         return plan
     leaves, slots, indices = flat.leaves, flat.slots, info.indices
     var_pos = [k for k, i in enumerate(indices) if slots[i] is None]
     targets = [leaves[indices[k]] for k in var_pos]
     raw = tuple((k, i, slots[i]) for k, i in enumerate(indices) if slots[i] is not None)
     plain = all(type(v)._value is _VALUE_SLOT for v in targets)
-    plan = (info, targets, None if len(var_pos) == len(indices) else var_pos, raw, plain)
+    plan = WritePlan(info, targets, None if len(var_pos) == len(indices) else var_pos, raw, plain)
     if len(plans) >= _MAX_PLANS:
         plans.pop(next(iter(plans)))
     plans[id(info)] = plan
@@ -511,7 +515,7 @@ def _write_plan(flat: _Flat, info: Out) -> tuple:
 
 
 def apply(
-    flat: _Flat,
+    flat: Flat,
     out: Any,
     values: Sequence[Any],
     info: Out,
@@ -527,7 +531,7 @@ def apply(
     (flatten, Out) and reused.
     """
     if info.mode == "fast":
-        if write and values and isinstance(values[0], _Tracer):
+        if write and values and isinstance(values[0], JaxTracer):
             _check_writes([flat.leaves[i] for i in info.indices], values)
         if write and cache and info.indices:
             _, targets, var_pos, raw, plain = _write_plan(flat, info)
@@ -540,9 +544,9 @@ def apply(
                 for var, value in zip(targets, vals, strict=True):
                     object.__setattr__(var, "_value", value)
             if raw:
-                _write_raw_leaves(flat, [(i, values[k]) for k, i, _ in raw])
+                write_raw_leaves(flat, [(i, values[k]) for k, i, _ in raw])
             for i, meta in info.metas:
-                _replace_metadata(flat.leaves[i], meta)
+                replace_metadata(flat.leaves[i], meta)
         elif write:
             leaves = flat.leaves
             slots = flat.slots
@@ -553,9 +557,9 @@ def apply(
                 else:
                     raw_pairs.append((i, value))
             if raw_pairs:
-                _write_raw_leaves(flat, raw_pairs)
+                write_raw_leaves(flat, raw_pairs)
             for i, meta in info.metas:
-                _replace_metadata(leaves[i], meta)
+                replace_metadata(leaves[i], meta)
         return out
     _, result = restore(flat, info.graphdef, values, info.metas, info.reuse, write=write)
     return result
@@ -602,8 +606,8 @@ class FilterMap:
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and (self.filters, self.values) == (
-            other.filters,  # type: ignore[attr-defined]
-            other.values,  # type: ignore[attr-defined]
+            other.filters,
+            other.values,
         )
 
     def __hash__(self) -> int:

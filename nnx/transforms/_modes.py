@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from .._encoding import summary
 from .._graph_mode import find_duplicates, graph_mode, graph_updates, iter_paths
 from ..errors import ArgumentError, TransformError, format_path, short_list
 from ..variablelib import Variable
@@ -133,7 +134,7 @@ def check_trace(mode: Mode, t: Traced, out: Any, *, carry: Any = None) -> None:
             if any(f"({word};" in line for line in lines):
                 kinds.append(word)
         if not lines:
-            lines = [f"before {spec.graphdef._summary()}, after {post.graphdef._summary()}"]
+            lines = [f"before {summary(spec.graphdef)}, after {summary(post.graphdef)}"]
             kinds = ["a static attribute or the object structure changed"]
         changes = ", ".join(kinds) if kinds[0] in ("added", "removed", "replaced") else kinds[0]
         raise TransformError(

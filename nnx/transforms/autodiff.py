@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 
@@ -119,8 +119,11 @@ def _default_predicate(root: Any) -> Callable[[tuple, Any], bool]:
     return lambda path, leaf: isinstance(leaf, Param) or not _inside_node(root, path)
 
 
-def _groups(spec: CallSpec, flat: Any, items: list[DiffState], args: Sequence[Any]) -> list:
-    groups = []
+def _groups(
+    spec: CallSpec, flat: Any, items: list[DiffState], args: Sequence[Any]
+) -> list[tuple[str, Any]]:
+    """Per differentiated argument: ("graph", its leaf indices) or ("plain", its position)."""
+    groups: list[tuple[str, Any]] = []
     for d in items:
         if d.argnum >= len(args):
             raise TransformError(
@@ -141,7 +144,9 @@ def _groups(spec: CallSpec, flat: Any, items: list[DiffState], args: Sequence[An
     return groups
 
 
-def _grad_state(spec: CallSpec, flat: Any, idx: list[int], grads: list[Any]) -> State:
+def _grad_state(
+    spec: CallSpec, flat: Any, idx: list[int], grads: list[Any]
+) -> State | Variable[Any]:
     pairs = []
     for i, g in zip(idx, grads, strict=True):
         leaf = flat.leaves[i]
@@ -298,6 +303,12 @@ def grad(
     return wrapper
 
 
+def _positions(spec: CallSpec) -> list[int]:
+    """Where the graph primals sit: ints, as these transforms split positional arguments only
+    (``split_args(primals, {})``)."""
+    return cast("list[int]", list(spec.positions))
+
+
 def _param_view(
     primals: Sequence[Any], filters: dict[int, Filter] | None = None
 ) -> tuple[CallSpec, Any, list, list[list[int]]]:
@@ -341,7 +352,7 @@ def vjp(
     if mode is not None:
         check_call(mode, primals)
     spec, flat, values, groups = _param_view(primals)
-    graph_pos = list(spec.positions)
+    graph_pos = _positions(spec)
     inputs = [
         [values[i] for i in groups[graph_pos.index(p)]] if p in graph_pos else a
         for p, a in enumerate(primals)
@@ -390,20 +401,21 @@ def jvp(
     ``jvp`` with these keywords bound; without `primals`, a function of
     ``(primals, tangents)``.
     """
-    kw = dict(
+    bound = functools.partial(
+        jvp,
         has_aux=has_aux,
         graph=graph_mode(graph),
         graph_updates=graph_updates_default(graph_updates),
     )
     if f is None:
-        return functools.partial(jvp, **kw)
+        return bound
     if primals is None or tangents is None:
-        return functools.partial(jvp, f, **kw)
+        return functools.partial(bound, f)
     mode = resolve("jvp", graph, graph_updates)
     if mode is not None:
         check_call(mode, primals)
     spec, flat, values, groups = _param_view(primals)
-    graph_pos = list(spec.positions)
+    graph_pos = _positions(spec)
 
     def as_list(p: int, t: Any) -> Any:
         if p not in graph_pos:
@@ -543,7 +555,7 @@ class CustomVjp:
                     "or pass it as a differentiable argument."
                 )
         spec, _, values, groups = _param_view(args, self._filters)
-        graph_pos = list(spec.positions)
+        graph_pos = _positions(spec)
         fun, fwd, bwd, mode = self.fun, self.fwd, self.bwd, self._mode
         diff_pos = [p for p in range(len(args)) if p not in static]
 

@@ -40,8 +40,8 @@ import numpy as np
 
 from ..errors import TraceContextError, format_path
 from ._lift import (
-    _GRAPH_TYPES,
     CARRY_STRUCTURE,
+    GRAPH_TYPES,
     apply,
     check_dropped,
     collect,
@@ -128,7 +128,7 @@ def as_array_carry(carry: Any) -> Any:
     def conv(x: Any) -> Any:
         return jnp.asarray(x) if isinstance(x, _SCALARS) else x
 
-    return jax.tree_util.tree_map(conv, carry, is_leaf=lambda x: isinstance(x, _GRAPH_TYPES))
+    return jax.tree_util.tree_map(conv, carry, is_leaf=lambda x: isinstance(x, GRAPH_TYPES))
 
 
 class _Loop:

@@ -30,17 +30,18 @@ import contextlib
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import jax
 
+from .._flatten import refresh_raw_leaves, write_slot
 from .._graph_mode import graph_mode
 from .._graph_mode import graph_updates as graph_updates_default
+from .._graphdef import flatten_full
 from ..errors import ArgumentError, TransformError
-from ..graph import _flatten_full, _write_slot
 from ..pytreelib import Dict, List, Pytree
-from ..state import State, _flat_pairs
+from ..state import State, flat_pairs
 from ..variablelib import Variable
 from ._lift import (
     CallSpec,
@@ -346,11 +347,11 @@ class JitWrapped:
         return tuple(out)
 
     @staticmethod
-    def _graph_sharding(s: Any, leaves: list, paths: tuple) -> Any:
+    def _graph_sharding(s: Any, leaves: Sequence[Any], paths: Sequence[tuple]) -> Any:
         if isinstance(s, FilterMap):
             return s.resolve(leaves, paths, "nnx.jit in_shardings")
         if isinstance(s, dict) or hasattr(s, "_mapping"):
-            by_path = {p: (v._value if isinstance(v, Variable) else v) for p, v in _flat_pairs(s)}
+            by_path = {p: (v._value if isinstance(v, Variable) else v) for p, v in flat_pairs(s)}
             missing = [p for p in paths if p not in by_path]
             if missing:
                 raise TransformError(
@@ -366,7 +367,7 @@ class JitWrapped:
             hit = memo.args_for(args)
             if hit is not None:
                 flat, new_args = hit
-                out, values, info = self._jitted(memo.spec, *new_args)
+                out, values, info = memo.jitted(memo.spec, *new_args)
                 if not values and info.mode == "fast" and not info.metas:
                     return out  # nothing changed inside (a forward pass)
                 return apply(flat, out, values, info, cache=True)
@@ -374,7 +375,7 @@ class JitWrapped:
         jitted = self._jitted if self._jitted is not None else self._get_jitted(spec, flat, args)
         out, values, info = jitted(spec, *new_args, **new_kwargs)
         if not kwargs and self._jitted is not None:
-            self._memo = _LastCall.make(spec, flat, args)
+            self._memo = _LastCall.make(spec, flat, args, self._jitted)
         return apply(flat, out, values, info, cache=True)
 
     # -- introspection ------------------------------------------------------------------
@@ -434,11 +435,20 @@ class _LastCall:
     argument holds graph objects. Refers to the flatten weakly: never keeps a model alive.
     The values go back through :func:`apply`, whose write plan is cached on the flatten."""
 
-    __slots__ = ("flat_ref", "nargs", "others", "roots", "slices", "spec")
+    __slots__ = ("flat_ref", "jitted", "nargs", "others", "roots", "slices", "spec")
+    flat_ref: weakref.ref[Any]
+    jitted: Callable[..., Any]  # the JitWrapped's one compiled function
+    nargs: int
+    others: tuple[int, ...]
+    roots: tuple[tuple[int, int], ...]  # (argument position, index of the node in the flatten)
+    slices: tuple[tuple[int, tuple[int, int]], ...]  # (position, its slice of the values)
+    spec: CallSpec
 
     @staticmethod
-    def make(spec: CallSpec, flat: Any, args: tuple) -> _LastCall | None:
-        positions = spec.positions
+    def make(
+        spec: CallSpec, flat: Any, args: tuple, jitted: Callable[..., Any]
+    ) -> _LastCall | None:
+        positions = cast("tuple[int, ...]", spec.positions)  # a call without keyword arguments
         nodes = flat.nodes
         roots = []
         for p in positions:
@@ -449,6 +459,7 @@ class _LastCall:
             roots.append((p, index))
         memo = _LastCall()
         memo.flat_ref = weakref.ref(flat)
+        memo.jitted = jitted
         memo.spec = spec
         memo.nargs = len(args)
         memo.roots = tuple(roots)
@@ -473,7 +484,7 @@ class _LastCall:
         if not flat.valid():
             return None
         if flat.has_raw:
-            flat.refresh_raw_leaves()
+            refresh_raw_leaves(flat)
         values = leaf_values(flat)
         new_args = list(args)
         slices = self.slices
@@ -501,7 +512,7 @@ def _constrain_out(out: Any, shardings: Any) -> Any:
         if s is None:
             return x
         if contains_graph(x):
-            flat = _flatten_full((x,))
+            flat = flatten_full((x,))
             paths = [p[1:] for p in flat.paths]
             if isinstance(s, FilterMap):
                 per_leaf = s.resolve(flat.leaves, paths, "nnx.jit out_shardings")
@@ -515,7 +526,7 @@ def _constrain_out(out: Any, shardings: Any) -> Any:
                 if slot is None:
                     leaf.value = jax.lax.with_sharding_constraint(leaf.value, sh)
                 else:
-                    _write_slot(slot, jax.lax.with_sharding_constraint(leaf, sh))
+                    write_slot(slot, jax.lax.with_sharding_constraint(leaf, sh))
             return x
         if isinstance(s, FilterMap | State):
             raise TransformError(

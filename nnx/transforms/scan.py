@@ -45,18 +45,19 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 
 from .._graph_mode import graph_mode
 from .._graph_mode import graph_updates as graph_updates_default
-from .._sharding_meta import _stacked_metadata, _unstacked_metadata
+from .._meta import Meta
+from .._sharding_meta import stacked_metadata, unstacked_metadata
 from ..errors import TraceContextError, TransformError
-from ..variablelib import Variable, _Meta
+from ..variablelib import Variable
 from ._lift import (
     CARRY_STRUCTURE,
     FilterMap,
@@ -214,22 +215,24 @@ def _sliced_spec(
     sliced = set()
     for i in scanned:
         if metas[i] is not None:
-            meta = _unstacked_metadata(metas[i], leaf_axes[i], names)
+            meta = unstacked_metadata(metas[i], leaf_axes[i], names)
             if meta != metas[i]:
-                metas[i] = _Meta(meta)
+                metas[i] = Meta(meta)
                 sliced.add(i)
     body = copy.copy(spec)
     body.metas = tuple(metas)
     return body, frozenset(sliced)
 
 
-def _restack(metas: list, scanned: list[int], axes: list, names: dict, restack: Any) -> tuple:
+def _restack(
+    metas: list, scanned: list[int], axes: Sequence[Any], names: dict, restack: Any
+) -> tuple:
     """The body's metadata as seen outside: the names put back at the scanned axes of the
     leaves ``restack(i)`` selects (those sliced on the way in, and those created inside)."""
     if names:
         for i in scanned:
             if metas[i] is not None and restack(i):
-                metas[i] = _Meta(_stacked_metadata(metas[i], axes[i], names))
+                metas[i] = Meta(stacked_metadata(metas[i], axes[i], names))
     return tuple(metas)
 
 
@@ -310,8 +313,7 @@ def scan(
                 "argument the carry comes in as, e.g. in_axes=(nnx.Carry, 0)."
             )
         if carry_pos is not None:
-            args = list(args)
-            args[carry_pos] = as_array_carry(args[carry_pos])
+            args = (*args[:carry_pos], as_array_carry(args[carry_pos]), *args[carry_pos + 1 :])
         spec, flat, values = split_args(args, {})
         leaf_axes = _axis_list(spec, flat, axes)
         graph_pos = set(spec.positions)
@@ -346,7 +348,9 @@ def scan(
         )
         found: list[Any] = []  # the traced step's (Continuation, _Layout)
 
-        def body(carry: tuple, x: tuple) -> tuple:
+        def body(
+            carry: tuple, x: tuple
+        ) -> tuple[tuple[list[Any], Any], tuple[list[Any], list[Any]]]:
             carry_vals, plain_carry = carry
             scan_vals, plain_xs = x
             vals = list(values)
@@ -374,16 +378,17 @@ def scan(
                     else:
                         new_plain_carry = outs[carry_out_idx[0]]
                 if mode is not None:
-                    carry = outs[carry_out_idx[0]] if carry_out_idx else None
-                    check_trace(mode, t, outs, carry=carry)
+                    out_carry = outs[carry_out_idx[0]] if carry_out_idx else None
+                    check_trace(mode, t, outs, carry=out_carry)
                 nxt = follow(t, new_roots)
                 check_dropped(t, nxt, lambda p: _where(spec, p), "nnx.scan", "step")
+                restack: Callable[[int], bool]
                 if nxt.flat.graphdef == spec.graphdef:
                     layout = _Layout(tuple(carried), tuple(scanned), tuple(leaf_axes), None)
                     restack = sliced.__contains__
                 else:
                     layout = _restructure(t, nxt.flat, axes, leaf_axes, carried)
-                    origin = layout.origin
+                    origin = cast("list[int | None]", layout.origin)  # _restructure sets it
                     restack = lambda j: origin[j] is None or origin[j] in sliced
                     for k in whole:  # (the caller's objects are as they were: compare)
                         before = structure((roots_of(spec, args)[k],))
@@ -401,7 +406,7 @@ def scan(
                 scan_js = list(layout.scan_js)
                 nxt.metas[:] = _restack(nxt.metas, scan_js, layout.roles, meta_names, restack)
                 found[:] = [(nxt, layout)]
-                ys = []
+                ys: list[Any] = []
                 for j, (o, ax) in enumerate(zip(outs, out_spec, strict=True)):
                     if ax is Carry:
                         continue

@@ -27,7 +27,7 @@ from jax.experimental import checkify as _checkify
 
 from .._graph_mode import check_tree, graph_mode
 from .._graph_mode import graph_updates as graph_updates_default
-from .._sharding_specs import _shard_abstract, get_named_sharding
+from .._sharding_specs import get_named_sharding, shard_abstract
 from ..graph import GraphDef, is_node, split
 from ..state import State
 from ..variablelib import Variable
@@ -78,7 +78,7 @@ def eval_shape(
         what="nnx.eval_shape",
         check=None if mode is None else functools.partial(check_trace, mode),
     )
-    _shard_abstract(out)
+    shard_abstract(out)
     return out
 
 

@@ -41,16 +41,18 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import jax
 
+from .._build import replace_metadata
 from .._graph_mode import graph_mode, iter_paths
 from .._graph_mode import graph_updates as graph_updates_default
-from .._sharding_meta import PARTITION_NAME, _stacked_metadata, _unstacked_metadata
+from .._meta import Meta
+from .._sharding_meta import PARTITION_NAME, stacked_metadata, unstacked_metadata
 from ..errors import TraceContextError, TransformError, format_path
-from ..graph import _replace_metadata, clone
-from ..variablelib import Variable, _Meta
+from ..graph import clone
+from ..variablelib import Variable
 from ._lift import (
     FilterMap,
     Traced,
@@ -121,9 +123,9 @@ jax.tree_util.register_pytree_node(_VmapOut, lambda o: ((), o), lambda o, _: o)
 
 
 def _is_graph_obj(x: Any) -> bool:
-    from ._lift import _GRAPH_TYPES
+    from ._lift import GRAPH_TYPES
 
-    return isinstance(x, _GRAPH_TYPES)
+    return isinstance(x, GRAPH_TYPES)
 
 
 def _split_out(out: Any) -> tuple[Any, list[Any]]:
@@ -351,7 +353,8 @@ def vmap(
         dyn_axes = [None if i in graph_pos else ax for i, ax in enumerate(axes)]
         # Graph leaves come back grouped by axis, so the number of leaves (and the axis of
         # each) may change inside: new Variables, deleted ones, new sub-modules.
-        choices = _axis_choices([axes[p] for p in spec.positions], out_axes)
+        positions = cast("tuple[int, ...]", spec.positions)  # no keyword arguments: all ints
+        choices = _axis_choices([axes[p] for p in positions], out_axes)
         group_of = {ax: g for g, ax in enumerate(choices)}
         where: list[Any] = []  # filled inside, read only to explain a broadcast error
 
@@ -360,6 +363,7 @@ def vmap(
                 if mode is not None:
                     check_trace(mode, t, t.out)
                 post = after(t)
+                fresh: list[int]
                 if post.graphdef == spec.graphdef:
                     post_axes, fresh = leaf_axes, []
                 else:
@@ -369,7 +373,11 @@ def vmap(
                 joint = follow(t, (t.roots, tuple(objs)))
                 n_in = len(post.leaves)
                 # Axis of each output-graph leaf: that of the graph object it belongs to.
-                all_axes = [*post_axes, *(obj_axes[p[1]] for p in joint.flat.paths[n_in:])]
+                # (an output path starts (1, index of the object in objs, ...))
+                all_axes = [
+                    *post_axes,
+                    *(obj_axes[cast(int, p[1])] for p in joint.flat.paths[n_in:]),
+                ]
                 groups: tuple[list[Any], ...] = tuple([] for _ in choices)
                 members: tuple[list[int], ...] = tuple([] for _ in choices)
                 leaf_groups = []
@@ -417,7 +425,7 @@ def vmap(
             for j in info.fresh:
                 axis = choices[info.groups[j]]
                 if metas[j] is not None and axis is not None:
-                    metas[j] = _Meta(_stacked_metadata(metas[j], axis, stack_meta))
+                    metas[j] = Meta(stacked_metadata(metas[j], axis, stack_meta))
         _, objs = restore(flat, info.graphdef, leaves, metas, info.reuse)
         if not objs:
             return out_plain
@@ -492,11 +500,11 @@ def transform_metadata(
     tree = not graph_mode(graph)
 
     def remove(v: Variable, axis: int) -> None:
-        _replace_metadata(v, _Meta(_unstacked_metadata(v._meta, axis, names)))
+        replace_metadata(v, Meta(unstacked_metadata(v._meta, axis, names)))
         v.remove_axis(axis, partition)
 
     def add(v: Variable, axis: int) -> None:
-        _replace_metadata(v, _Meta(_stacked_metadata(v._meta, axis, names)))
+        replace_metadata(v, Meta(stacked_metadata(v._meta, axis, names)))
         v.add_axis(axis, partition)
 
     @functools.wraps(f)
