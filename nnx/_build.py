@@ -51,10 +51,11 @@ MISSING: Any = object()  # "no leaf here" (None can be a leaf)
 class Plans:
     """What a GraphDef compiles on first use: kept in its ``_plans`` slot."""
 
-    __slots__ = ("build", "nest", "nest_built")
+    __slots__ = ("build", "level", "nest", "nest_built")
 
     def __init__(self) -> None:
         self.build: BuildPlan | None = None
+        self.level: Level | None = None  # the nest plan compiled for locate
         self.nest: dict | None = None  # see state.nest_plan; None: the paths do not nest
         self.nest_built = False
 
@@ -74,6 +75,16 @@ def state_nest_plan(graphdef: GraphDef) -> dict | None:
     return p.nest
 
 
+def _gather_level(graphdef: GraphDef) -> Level | None:
+    p = plans(graphdef)
+    if p.level is None:
+        nest = state_nest_plan(graphdef)
+        if nest is None:
+            return None
+        p.level = _compile(nest, graphdef.leaf_types)
+    return p.level
+
+
 # -- locate: the leaves of States at their GraphDef positions ---------------------------
 class Located(NamedTuple):
     """What :func:`locate` found: `leaves` by position (``MISSING`` where a State had none),
@@ -89,36 +100,65 @@ def locate(graphdef: GraphDef, states: Sequence[Mapping]) -> Located:
     types = graphdef.leaf_types
     out: list[Any] = [MISSING] * len(types)
     found = Located(out, [], [])
-    plan = state_nest_plan(graphdef)
+    level = _gather_level(graphdef)
     for s in states:
         data = s._mapping if type(s) is State else s
-        if plan is not None and type(data) is dict and _walk(plan, data, types, out):
+        if level is not None and type(data) is dict and _walk(level, data, out):
             continue
         _locate_by_path(graphdef, s, found)
     return found
 
 
-def _walk(plan: dict, data: dict, types: tuple, out: list) -> bool:
-    """Writes the leaves of `data` (a State's mapping, possibly partial) at the positions
-    `plan` gives them; False at the first key, nesting or Variable type the plan does not
-    have (the caller then goes path by path)."""
-    get = plan.get
-    for key, value in data.items():
-        sub = get(key)
-        if sub is None:
-            return False
-        t = type(value)
-        if type(sub) is int:
-            # a raw value fits any position (orbax restores arrays); a Variable must match
-            if t is not types[sub] and isinstance(value, Variable | Mapping):
+class Level(NamedTuple):
+    """One level of a GraphDef's nest plan, compiled for :func:`_walk`: its number of keys,
+    its leaves as ``(key, position, Variable type or None)`` and its sub-levels as
+    ``(key, Level)``."""
+
+    size: int
+    leaves: tuple[tuple[Hashable, int, type | None], ...]
+    subs: tuple[tuple[Hashable, Level], ...]
+
+
+def _compile(plan: dict, types: tuple) -> Level:
+    return Level(
+        len(plan),
+        tuple((k, sub, types[sub]) for k, sub in plan.items() if type(sub) is int),
+        tuple((k, _compile(sub, types)) for k, sub in plan.items() if type(sub) is not int),
+    )
+
+
+def _walk(level: Level, data: Mapping, out: list) -> bool:
+    """Writes the leaves of `data` (a State's mapping; it may hold only some of them) at
+    the positions `level` gives them, by key lookups along the plan: no path tuples built or
+    hashed, one loop over a stack. False at the first key, nesting or Variable type the plan
+    does not have (the caller then goes path by path)."""
+    todo = [(level, data)]
+    pop, push = todo.pop, todo.append
+    while todo:
+        (size, leaves, subs), data = pop()
+        get = data.get
+        absent = 0  # plan keys this level of `data` lacks (a partial state)
+        for key, i, expected in leaves:
+            value = get(key, MISSING)
+            if type(value) is not expected:  # a raw value fits (orbax restores arrays)
+                if value is MISSING:
+                    absent += 1
+                    continue
+                if isinstance(value, Variable | Mapping):  # a Variable must match exactly
+                    return False
+            out[i] = value
+        for key, sub in subs:
+            value = get(key, MISSING)
+            t = type(value)
+            if t is State:
+                value = value._mapping
+            elif t is not dict:
+                if value is MISSING:
+                    absent += 1
+                    continue
                 return False
-            out[sub] = value
-            continue
-        if t is State:
-            value = value._mapping
-        elif t is not dict:
-            return False
-        if not _walk(sub, value, types, out):
+            push((sub, value))
+        if len(data) != size - absent:  # keys the plan does not have
             return False
     return True
 
