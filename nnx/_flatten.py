@@ -356,49 +356,45 @@ _ROOTS = (Pytree, List, Dict, Variable)  # what a multi-root flatten caches on
 
 
 def flatten_cached(root: Any) -> Flat:
-    """The flatten of `root`, reused while no structural change happened in its graph."""
-    if isinstance(root, Pytree):
-        d = root.__dict__
-        flat = d.get("_nnx_cache")
-        if flat is not None and flat.nodes[0] is root and flat.valid():
-            if flat.has_raw:
-                refresh_raw_leaves(flat)
-            return flat
-        flat = flatten_full(root)
-        d["_nnx_cache"] = flat
-        return flat
-    if isinstance(root, List | Dict):
-        flat = getattr(root, "_nnx_cache", None)
-        if flat is not None and flat.nodes[0] is root and flat.valid():
-            if flat.has_raw:
-                refresh_raw_leaves(flat)
+    """The flatten of `root`, reused while no structural change happened in its graph.
+
+    A Pytree, List or Dict root keeps its entry in its ``_nnx_cache`` attribute; a tuple of
+    such roots (as transforms pass them) in a small table on the first root keyed by the
+    roots' identities (exact: the entry holds the roots alive, so no id is reused).
+    """
+    if isinstance(root, Pytree | List | Dict):
+        if isinstance(root, Pytree):
+            flat = root.__dict__.get("_nnx_cache")
+        else:  # slotted containers
+            flat = getattr(root, "_nnx_cache", None)
+        if flat is not None and flat.nodes[0] is root and _reusable(flat):
             return flat
         flat = flatten_full(root)
         object.__setattr__(root, "_nnx_cache", flat)
         return flat
-    if type(root) is tuple and root and all(isinstance(r, _ROOTS) for r in root):
-        return _flatten_multi(root)
+    if (
+        type(root) is tuple
+        and root
+        and isinstance(root[0], Pytree)
+        and all(isinstance(r, _ROOTS) for r in root)
+    ):
+        table = root[0].__dict__.setdefault("_nnx_multi", {})
+        key = tuple(map(id, root))
+        flat = table.get(key)
+        if flat is not None and _reusable(flat):
+            return flat
+        flat = flatten_full(root)
+        if len(table) >= _MULTI_CACHE_SIZE:
+            table.pop(next(iter(table)))
+        table[key] = flat
+        return flat
     return flatten_full(root)
 
 
-def _flatten_multi(roots: tuple) -> Flat:
-    # Several roots (as transforms pass them): cached on the first root, keyed by identities.
-    first = roots[0]
-    holder = first.__dict__ if isinstance(first, Pytree) else None
-    if holder is None:
-        return flatten_full(roots)
-    cache = holder.get("_nnx_multi")
-    if cache is None:
-        cache = holder["_nnx_multi"] = {}
-    key = tuple(map(id, roots))
-    flat = cache.get(key)
-    # Ids cannot be reused while the entry holds the roots alive, so the key is exact.
-    if flat is not None and flat.valid():
-        if flat.has_raw:
-            refresh_raw_leaves(flat)
-        return flat
-    flat = flatten_full(roots)
-    if len(cache) >= _MULTI_CACHE_SIZE:
-        cache.pop(next(iter(cache)))
-    cache[key] = flat
-    return flat
+def _reusable(flat: Flat) -> bool:
+    """A cache hit: nothing structural changed; raw leaves (values) read again."""
+    if not flat.valid():
+        return False
+    if flat.has_raw:
+        refresh_raw_leaves(flat)
+    return True

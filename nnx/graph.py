@@ -38,7 +38,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -64,7 +64,7 @@ from .errors import (
     short_list,
 )
 from .filters import Filter
-from .pytreelib import Dict, List, Pytree, is_array
+from .pytreelib import Dict, List, Pytree
 from .state import FlatState, GraphState, State, flat_pairs, from_flat_state, split_pairs
 from .variablelib import Variable
 
@@ -485,10 +485,13 @@ def pop(node: Any, *filters: Filter) -> Any:
     ]
     states = split_pairs(pairs, filters, exhaustive=False)
     chosen = {id(leaf) for s in states for _, leaf in flat_pairs(s)}
-    removals: list[tuple[Any, Any]] = []
-    for owner, key, value in _edges(node):
-        if isinstance(value, Variable) and id(value) in chosen:
-            removals.append((owner, key))
+    removals: list[tuple[Any, Any]] = []  # (owner, key) of every edge to a chosen Variable
+    for owner in flat.nodes:
+        kind = kind_of(owner)
+        if kind is not None:
+            for key, value in items_of(owner, kind):
+                if isinstance(value, Variable) and id(value) in chosen:
+                    removals.append((owner, key))
     removable = {id(get_child(owner, key)) for owner, key in removals}
     stuck = [p for p, leaf in pairs if id(leaf) in chosen and id(leaf) not in removable]
     if stuck:
@@ -506,30 +509,6 @@ def pop(node: Any, *filters: Filter) -> Any:
         elif isinstance(owner, List | Dict):
             del owner[key]
     return states[0] if len(filters) == 1 else states
-
-
-def _edges(root: Any) -> Iterator[tuple[Any, Any, Any]]:
-    """(owner, key, child) for each attribute/item of every identity node, each node once."""
-    seen: set[int] = set()
-    stack = [root] if is_node(root) else [v for v in _tree_children(root) if is_node(v)]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        kind = kind_of(node)
-        for k, v in items_of(node, kind):  # type: ignore[arg-type]
-            yield node, k, v
-            if is_node(v):
-                stack.append(v)
-            elif not isinstance(v, Variable) and not is_array(v):
-                stack.extend(c for c in _tree_children(v) if is_node(c))
-
-
-def _tree_children(value: Any) -> list[Any]:
-    if value is None or isinstance(value, str | int | float | bool):
-        return []
-    return jax.tree_util.tree_leaves(value, is_leaf=lambda x: is_node(x) or isinstance(x, Variable))
 
 
 def clone(
