@@ -519,6 +519,59 @@ def test_no_module_patches_another_at_import_time(path: Path):
     )
 
 
+# Private names (``_x``) that one module of nnx imports from another, each with its reason.
+# Shared internals live under plain names in private modules (``nnx/_build.py`` exports
+# ``build``); importing a private *module* (``from . import _version``) is fine.
+PRIVATE_IMPORTS = {
+    ("var_modes.py", "nnx.variablelib", "_refuse_refs"): "the one refusal message of flax's "
+    "hijax/ref Variables, shared with Variable's constructors; variablelib is flax's public "
+    "namespace and gets no extra name for it",
+}
+
+
+def _private_imports(path: Path, tree: ast.Module) -> list[tuple[str, str, str, int]]:
+    """(file, source module, name, line) for every private name `path` imports from nnx."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = _resolve(path, node)
+            if source.split(".")[0] != "nnx":
+                continue
+            for alias in node.names:
+                name = alias.name
+                private = name.startswith("_") and not name.startswith("__")
+                if private and not _is_nnx_module(f"{source}.{name}"):
+                    found.append((_rel(path), source, name, node.lineno))
+    return found
+
+
+def test_private_names_stay_in_their_module():
+    found = [
+        hit for path in ALL_FILES for hit in _private_imports(path, ast.parse(path.read_text()))
+    ]
+    unexpected = [
+        f"nnx/{f}:{line} imports {name} from {src}"
+        for f, src, name, line in found
+        if (f, src, name) not in PRIVATE_IMPORTS
+    ]
+    assert not unexpected, (
+        "Private names imported across modules:\n  "
+        + "\n  ".join(unexpected)
+        + "\nFix: give the shared internal a plain name in a private module (nnx/_x.py) and "
+        "import that, or add it to PRIVATE_IMPORTS with the reason."
+    )
+    stale = set(PRIVATE_IMPORTS) - {(f, src, name) for f, src, name, _ in found}
+    assert not stale, f"PRIVATE_IMPORTS lists imports that are gone: {sorted(stale)}"
+
+
+def test_the_private_import_check_catches_one(tmp_path: Path):
+    source = "from ._graphdef import _hidden, GraphDef\nfrom . import _version\n"
+    tree = ast.parse(source)
+    assert _private_imports(PACKAGE / "graph.py", tree) == [
+        ("graph.py", "nnx._graphdef", "_hidden", 1)
+    ]
+
+
 # --- The checks can fail --------------------------------------------------------------------
 
 LAYOUT = """\

@@ -74,7 +74,10 @@ __all__ = [
 
 GRAPH_TYPES = (Pytree, List, Dict, Variable)
 _PLAIN_TYPES = (jax.Array, np.ndarray, int, float, bool, complex, str, type(None))
-_PLAIN_EXACT = frozenset({type(jax.numpy.zeros(())), *_PLAIN_TYPES[1:]})
+# Exact types known to be plain, for one set lookup; jax's array class joins on first sight
+# (creating an array here would start JAX's backend at import, before a user's
+# jax.distributed.initialize).
+_PLAIN_EXACT = set(_PLAIN_TYPES[1:])
 
 
 def _is_graph_leaf(x: Any) -> bool:
@@ -88,6 +91,8 @@ def contains_graph(x: Any) -> bool:
     if isinstance(x, GRAPH_TYPES):
         return True
     if isinstance(x, _PLAIN_TYPES):
+        if isinstance(x, jax.Array):
+            _PLAIN_EXACT.add(type(x))
         return False
     return any(
         _is_graph_leaf(leaf) for leaf in jax.tree_util.tree_leaves(x, is_leaf=_is_graph_leaf)
