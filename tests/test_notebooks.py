@@ -3,7 +3,8 @@
 Each notebook is executed by a Jupyter kernel running this interpreter (a first, injected cell
 checks that), in a temporary working directory, with one CPU device like a user's machine
 (the fake-device flag that ``conftest.py`` sets for the tests is removed from the kernel's
-environment). A failing cell fails its test and shows the cell and its traceback.
+environment; ``07_scaling_out`` asks for its 8 CPU devices itself, in its first cell). A
+failing cell fails its test and shows the cell and its traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 # name -> seconds one run takes inside the default suite (`pytest -n 2` on a 2-core CPU, wall,
-# kernel start included; 03 and 06 measured alone, times 1.5). Those over SLOW_AFTER_S run with
-# the slow tests (`-m slow`), which CI runs too; CI's docs build executes all six again.
+# kernel start included; 03 and 06 measured alone, times 1.5; 07 measured alone next to other
+# jobs, load average 8). Those over SLOW_AFTER_S run with the slow tests (`-m slow`), which CI
+# runs too; CI's docs build executes all of them again.
 TIMINGS = {
     "01_quickstart": 18,
     "02_state": 12,
@@ -28,6 +30,7 @@ TIMINGS = {
     "04_checkpoints": 16,
     "05_mixed_precision": 17,
     "06_coming_from": 24,
+    "07_scaling_out": 46,
 }
 SLOW_AFTER_S = 15
 
