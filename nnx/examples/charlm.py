@@ -5,6 +5,10 @@ The README's second job::
     python -m nnx.examples.charlm            # a few minutes on 2 CPU cores
     python -m nnx.examples.charlm --tiny     # a toy run that finishes in seconds
 
+    # the same model on a mesh of 8 devices (here: 8 CPU devices of one process)
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python -m nnx.examples.charlm --mesh data=4,model=2
+
 A decoder-only transformer (token + learned position embeddings; pre-RMSNorm blocks of causal
 ``nnx.MultiHeadAttention`` and an MLP; output through the tied embedding, ``Embed.attend``)
 learns to continue Python code. It shows the *scan-over-layers* pattern: the blocks are
@@ -20,24 +24,44 @@ the validation loss before and after training (compare with ``log(vocab size)``,
 uniform guess) and a sample. With ``--out DIR`` it also writes a loss-curve PNG and a
 checkpoint (``nnx.Checkpointer``). The progress bar needs ``tqdm``, the plot ``matplotlib``
 (the ``examples`` extra).
+
+**On a mesh** (``--mesh data=4,model=2``, ``--mesh data=8``): the same training on several
+devices, with JAX's own GSPMD sharding (nnx adds no communication of its own). The parameters
+are annotated with ``nnx.with_partitioning`` in *logical* axis names (``'embed'``, ``'heads'``,
+``'mlp'``, ...), which :func:`axis_rules` maps onto the mesh axes, Megatron-style: the attention's
+query/key/value kernels are split by head over ``'model'`` (column split) and its output kernel
+by head too (row split); the MLP's up kernel is split by hidden unit (column) and its down kernel
+likewise (row), so each block needs one all-reduce after attention and one after the MLP. The
+embeddings, the norms and the biases of the residual stream are replicated. Each batch is split
+over ``'data'``, and the activations entering each block are kept split that way
+(:func:`split_by_batch`); the optimizer's moments are created sharded like their parameters.
+The losses equal the single-device run's to float precision.
+
+The mesh takes the first devices JAX sees. On a CPU host, ask for fake CPU devices before Python
+starts (``XLA_FLAGS=--xla_force_host_platform_device_count=8``); on a GPU or TPU host the same
+flags use the accelerators (``--mesh data=2,model=4`` on 8 GPUs). This script runs in one
+process; to span several hosts, a job would call ``jax.distributed.initialize()`` first and feed
+each process's part of the batch with ``jax.make_array_from_process_local_data``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import nnx
 
@@ -77,6 +101,9 @@ TINY = {
     "sample_len": 40,
     "eval_windows": 32,
 }
+# The axes --mesh may name: the batch is split over 'data', attention heads and MLP units
+# over 'model'.
+MESH_AXES = ("data", "model")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -147,6 +174,47 @@ def eval_windows(data: np.ndarray, seq_len: int, count: int) -> tuple[np.ndarray
 
 
 # -- model -----------------------------------------------------------------------------------
+def partitioned(init: nnx.Initializer, *names: str) -> nnx.Initializer:
+    """`init`, its Variables annotated with the logical axis `names` (one per array axis)."""
+    return nnx.with_partitioning(init, names)
+
+
+def axis_rules(mesh_axes: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
+    """How the logical axis names of the annotations map onto the axes of a mesh.
+
+    Tensor parallelism, Megatron-style: attention heads and MLP hidden units are split over
+    ``'model'`` (if the mesh has that axis); every other axis is replicated. The batch goes
+    over ``'data'`` (if the mesh has it).
+    """
+    model = "model" if "model" in mesh_axes else None
+    data = "data" if "data" in mesh_axes else None
+    return (
+        ("batch", data),
+        ("heads", model),
+        ("mlp", model),
+        ("head_dim", None),
+        ("embed", None),
+        ("vocab", None),
+        ("position", None),
+        ("layers", None),
+    )
+
+
+def split_by_batch(x: jax.Array) -> jax.Array:
+    """`x` ``(batch, ...)`` constrained to be split by rows as the logical axis ``'batch'`` says
+    (see :func:`axis_rules`); unchanged when no mesh is set.
+
+    Left alone, the compiler may lay the activations out to suit the weights (e.g. split along
+    the features like FSDP-sharded weights, summing partial results over the whole batch); the
+    constraint keeps each device on its own rows, so that weights are gathered instead.
+    """
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    names = ("batch",) + (None,) * (x.ndim - 1)
+    spec = nnx.get_partition_spec(nnx.Variable(x, out_sharding=names, eager_sharding=False))
+    return jax.lax.with_sharding_constraint(x, spec.value)
+
+
 class Block(nnx.Module):
     """A pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
 
@@ -157,15 +225,46 @@ class Block(nnx.Module):
     """
 
     def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs):
-        self.attn_norm = nnx.RMSNorm(dim, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(heads, dim, use_bias=False, decode=False, rngs=rngs)
-        self.mlp_norm = nnx.RMSNorm(dim, rngs=rngs)
-        self.up = nnx.Linear(dim, 4 * dim, rngs=rngs)
-        self.down = nnx.Linear(4 * dim, dim, rngs=rngs)
+        # Sharding annotations in logical axis names (see axis_rules); the initializers are
+        # the layers' defaults, so the values do not depend on the annotations.
+        kernel, zeros, ones = (
+            nnx.initializers.lecun_normal(),
+            nnx.initializers.zeros,
+            nnx.initializers.ones,
+        )
+        self.attn_norm = nnx.RMSNorm(dim, scale_init=partitioned(ones, "embed"), rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            heads,
+            dim,
+            use_bias=False,
+            decode=False,
+            # query/key/value (dim, heads, head_dim): a column split by head;
+            # out (heads, head_dim, dim): a row split by head.
+            kernel_init=partitioned(kernel, "embed", "heads", "head_dim"),
+            out_kernel_init=partitioned(kernel, "heads", "head_dim", "embed"),
+            rngs=rngs,
+        )
+        self.mlp_norm = nnx.RMSNorm(dim, scale_init=partitioned(ones, "embed"), rngs=rngs)
+        self.up = nnx.Linear(  # column split
+            dim,
+            4 * dim,
+            kernel_init=partitioned(kernel, "embed", "mlp"),
+            bias_init=partitioned(zeros, "mlp"),
+            rngs=rngs,
+        )
+        self.down = nnx.Linear(  # row split
+            4 * dim,
+            dim,
+            kernel_init=partitioned(kernel, "mlp", "embed"),
+            bias_init=partitioned(zeros, "embed"),
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, mask: jax.Array | None, decode: bool) -> jax.Array:
         """Applies the block to ``x`` ``(batch, length, dim)``; with `decode`, ``length`` is 1
         and the attention reads and extends its KV cache."""
+        if not decode:  # (decoding: a batch of one, not split)
+            x = split_by_batch(x)
         x = x + self.attn(self.attn_norm(x), mask=mask, decode=decode)
         return x + self.down(nnx.gelu(self.up(self.mlp_norm(x))))
 
@@ -188,13 +287,25 @@ class CharTransformer(nnx.Module):
         init = nnx.initializers.normal(0.02)
         self.max_len = max_len
         self.dim = dim
-        self.embed = nnx.Embed(vocab_size, dim, embedding_init=init, rngs=rngs)
-        self.pos = nnx.Embed(max_len, dim, embedding_init=init, rngs=rngs)
+        self.embed = nnx.Embed(
+            vocab_size, dim, embedding_init=partitioned(init, "vocab", "embed"), rngs=rngs
+        )
+        self.pos = nnx.Embed(
+            max_len, dim, embedding_init=partitioned(init, "position", "embed"), rngs=rngs
+        )
         # Scan over layers, part 1: vmap the constructor over `layers` split keys, so every
-        # Variable of `self.blocks` gets a leading axis of size `layers`.
+        # Variable of `self.blocks` gets a leading axis of size `layers` (named 'layers' in
+        # the sharding annotations).
         with nnx.split_rngs(rngs, splits=layers):
-            self.blocks = nnx.vmap(lambda r: Block(dim, heads, rngs=r), in_axes=0, out_axes=0)(rngs)
-        self.norm = nnx.RMSNorm(dim, rngs=rngs)
+            self.blocks = nnx.vmap(
+                lambda r: Block(dim, heads, rngs=r),
+                in_axes=0,
+                out_axes=0,
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )(rngs)
+        self.norm = nnx.RMSNorm(
+            dim, scale_init=partitioned(nnx.initializers.ones, "embed"), rngs=rngs
+        )
 
     def __call__(self, tokens: jax.Array, *, decode: bool = False) -> jax.Array:
         """Next-character logits ``(batch, length, vocab_size)`` for ``tokens``
@@ -216,9 +327,12 @@ class CharTransformer(nnx.Module):
         def apply_block(x: jax.Array, block: Block, mask: jax.Array | None) -> jax.Array:
             return block(x, mask, decode)
 
-        x = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)(
-            x, self.blocks, mask
-        )
+        x = nnx.scan(
+            apply_block,
+            in_axes=(nnx.Carry, 0, None),
+            out_axes=nnx.Carry,
+            transform_metadata={nnx.PARTITION_NAME: "layers"},
+        )(x, self.blocks, mask)
         return self.embed.attend(self.norm(x))  # tied output embedding
 
     def init_cache(self, batch_size: int) -> None:
@@ -239,6 +353,90 @@ class CharTransformer(nnx.Module):
         overwritten)."""
         index = self.blocks.attn.cache_index
         index.value = jnp.zeros_like(index.value)
+
+
+# -- mesh ------------------------------------------------------------------------------------
+def parse_mesh(text: str) -> dict[str, int]:
+    """The axes of ``--mesh``: ``'data=4,model=2'`` -> ``{'data': 4, 'model': 2}``.
+
+    Raises:
+      argparse.ArgumentTypeError: not ``axis=size`` pairs of :data:`MESH_AXES` and positive
+        sizes.
+    """
+    shape: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, size = part.strip().partition("=")
+        if name not in MESH_AXES or name in shape or not size.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a mesh: expected comma-separated axis=size pairs over the axes "
+                f"{MESH_AXES} (the batch is split over 'data', attention heads and MLP units "
+                "over 'model'), each named once, e.g. 'data=4,model=2' or 'data=8'."
+            )
+        shape[name] = int(size)
+        if shape[name] < 1:
+            raise argparse.ArgumentTypeError(f"mesh axis {name!r} has size 0 in {text!r}.")
+    return shape
+
+
+def mesh_problem(args: argparse.Namespace) -> str | None:
+    """Why ``args.mesh`` cannot run here (too few devices, sizes that do not divide), or None."""
+    shape: Mapping[str, int] = args.mesh
+    spec = ",".join(f"{k}={v}" for k, v in shape.items())
+    need = math.prod(shape.values())
+    have = jax.device_count()
+    if need > have:
+        return (
+            f"--mesh {spec} needs {need} devices, but JAX sees {have} "
+            f"({jax.default_backend()}).\nFix: on a CPU host, make JAX present {need} CPU "
+            "devices by setting, before Python starts:\n"
+            f"  XLA_FLAGS=--xla_force_host_platform_device_count={need} python -m "
+            f"nnx.examples.charlm --mesh {spec}\n"
+            "On a GPU or TPU host, give sizes whose product is at most the number of "
+            "accelerators (jax.device_count())."
+        )
+    data, model = shape.get("data", 1), shape.get("model", 1)
+    if args.batch_size % data:
+        return (
+            f"--mesh {spec} splits each batch over data={data} devices, which does not divide "
+            f"--batch-size {args.batch_size}.\nFix: a batch size that is a multiple of {data}."
+        )
+    if args.heads % model:  # then model also divides dim and the MLP's 4 * dim units
+        return (
+            f"--mesh {spec} splits the attention heads over model={model} devices, which does "
+            f"not divide --heads {args.heads}.\nFix: a number of heads that is a multiple of "
+            f"{model}, or a smaller 'model' axis."
+        )
+    return None
+
+
+def make_mesh(shape: Mapping[str, int]) -> Mesh:
+    """A mesh of the first ``prod(shape)`` devices, axis names and sizes from `shape`."""
+    devices = jax.devices()[: math.prod(shape.values())]
+    return jax.make_mesh(
+        tuple(shape.values()),
+        tuple(shape),
+        axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
+        devices=devices,
+    )
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh | None) -> Iterator[None]:
+    """Within the block, new annotated Variables are placed on `mesh` with :func:`axis_rules`
+    (the model, the optimizer's moments); with no mesh, nothing changes."""
+    if mesh is None:
+        yield
+        return
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(axis_rules(mesh.axis_names)):
+        yield
+
+
+def put_batch(array: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """`array` ``(batch, ...)`` on the device; on a mesh, split by rows over ``'data'``."""
+    if mesh is None:
+        return jnp.asarray(array)
+    batch = dict(axis_rules(mesh.axis_names))["batch"]
+    return jax.device_put(array, NamedSharding(mesh, PartitionSpec(batch)))
 
 
 # -- training --------------------------------------------------------------------------------
@@ -264,12 +462,20 @@ def eval_step(model: CharTransformer, inputs: jax.Array, targets: jax.Array) -> 
     return loss_fn(model, inputs, targets)
 
 
-def evaluate(model: CharTransformer, split: tuple[np.ndarray, ...], batch_size: int) -> float:
-    """Mean loss over the fixed windows of `split` (whole batches only)."""
+def evaluate(
+    model: CharTransformer,
+    split: tuple[np.ndarray, ...],
+    batch_size: int,
+    mesh: Mesh | None = None,
+) -> float:
+    """Mean loss over the fixed windows of `split` (whole batches only), each batch split over
+    `mesh` if one is given."""
     inputs, targets = split
     losses = [
         eval_step(
-            model, jnp.asarray(inputs[i : i + batch_size]), jnp.asarray(targets[i : i + batch_size])
+            model,
+            put_batch(inputs[i : i + batch_size], mesh),
+            put_batch(targets[i : i + batch_size], mesh),
         )
         for i in range(0, len(inputs) - batch_size + 1, batch_size)
     ]
@@ -391,18 +597,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="directory for a loss plot and checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: runs in seconds")
+    parser.add_argument(
+        "--mesh",
+        type=parse_mesh,
+        default=None,
+        help="train on a device mesh, e.g. data=4,model=2 or data=8 (batch over 'data', "
+        "heads and MLP over 'model')",
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
         for name, value in TINY.items():
             if "--" + name.replace("_", "-") not in given:
                 setattr(args, name, value)
+    if args.mesh:
+        # Collectives across many CPU devices can deadlock when the CPU client has fewer
+        # threads than devices: give it two per device, unless set (read when JAX starts).
+        os.environ.setdefault("PJRT_NPROC", str(2 * math.prod(args.mesh.values())))
+        problem = mesh_problem(args)
+        if problem:
+            parser.error(problem)
     return args
+
+
+def build(args: argparse.Namespace, vocab_size: int) -> tuple[CharTransformer, nnx.Optimizer]:
+    """The model and its AdamW optimizer for the flags `args` (on the mesh of :func:`on_mesh`
+    if the caller is inside one)."""
+    model = CharTransformer(
+        vocab_size, args.seq_len, args.layers, args.dim, args.heads, rngs=nnx.Rngs(args.seed)
+    )
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, args.lr, max(1, args.steps // 10), max(1, args.steps), args.lr / 10
+    )
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Trains, evaluates and samples (see the module docstring); returns the figures."""
     args = parse_args(argv)
+    mesh = make_mesh(args.mesh) if args.mesh else None
+    with on_mesh(mesh):
+        return run(args, mesh)
+
+
+def run(args: argparse.Namespace, mesh: Mesh | None) -> dict[str, Any]:
+    """The job of :func:`main` for the parsed flags `args`, on `mesh` if not None (the caller
+    is inside ``on_mesh(mesh)``)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -417,22 +658,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"vocab {len(vocab)} (uniform guess: loss {uniform:.3f})"
     )
 
-    model = CharTransformer(
-        len(vocab), args.seq_len, args.layers, args.dim, args.heads, rngs=nnx.Rngs(args.seed)
-    )
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, args.lr, max(1, args.steps // 10), max(1, args.steps), args.lr / 10
-    )
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer = build(args, len(vocab))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    n_params = sum(int(np.prod(p.shape)) for p in params)
     print(
         f"model: {args.layers} blocks x dim {args.dim}, {args.heads} heads, context "
         f"{args.seq_len}: {n_params:,} parameters"
     )
+    if mesh is not None:
+        per_device = sum(int(np.prod(p.addressable_shards[0].data.shape)) for p in params)
+        axes = " x ".join(f"{k}={v}" for k, v in mesh.shape.items())
+        layout = [
+            "batch split over 'data'" if "data" in mesh.shape else "batch replicated",
+            "heads and MLP split over 'model'" if "model" in mesh.shape else "weights replicated",
+        ]
+        print(
+            f"mesh: {axes} over {mesh.size} {jax.default_backend()} devices ("
+            f"{', '.join(layout)}): {per_device:,} parameters per device"
+        )
 
-    initial_train = evaluate(model, train_eval, args.batch_size)
-    initial_val = evaluate(model, val_eval, args.batch_size)
+    initial_train = evaluate(model, train_eval, args.batch_size, mesh)
+    initial_val = evaluate(model, val_eval, args.batch_size, mesh)
     print(f"step 0: train loss {initial_train:.3f}  val loss {initial_val:.3f}")
     history: dict[str, list] = {
         "step": [],
@@ -449,7 +695,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for step in range(1, args.steps + 1):
         starts = rng.integers(0, len(train_ids) - args.seq_len - 1, args.batch_size)
         inputs, targets = windows(train_ids, starts, args.seq_len)
-        pending.append(train_step(model, optimizer, jnp.asarray(inputs), jnp.asarray(targets)))
+        pending.append(
+            train_step(model, optimizer, put_batch(inputs, mesh), put_batch(targets, mesh))
+        )
         validate = step % eval_every == 0 and step != args.steps
         if step % 10 == 0 or validate or step == args.steps:
             losses = [float(x) for x in pending]  # waits for the queued steps
@@ -459,15 +707,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             postfix["loss"] = f"{np.mean(losses):.3f}"
             if validate:
                 history["val_step"].append(step)
-                history["val_loss"].append(evaluate(model, val_eval, args.batch_size))
+                history["val_loss"].append(evaluate(model, val_eval, args.batch_size, mesh))
                 postfix["val"] = f"{history['val_loss'][-1]:.3f}"
             bar.set_postfix(postfix)
         bar.update(1)
     bar.close()
     train_seconds = time.perf_counter() - start
 
-    final_train = evaluate(model, train_eval, args.batch_size)
-    final_val = evaluate(model, val_eval, args.batch_size)
+    final_train = evaluate(model, train_eval, args.batch_size, mesh)
+    final_val = evaluate(model, val_eval, args.batch_size, mesh)
     history["val_step"].append(args.steps)
     history["val_loss"].append(final_val)
     print(f"step {args.steps}: train loss {final_train:.3f}  val loss {final_val:.3f}")
@@ -515,6 +763,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_seconds=round(train_seconds, 1),
         seconds=round(seconds, 1),
     )
+    if mesh is not None:
+        summary["mesh"] = dict(mesh.shape)
     if args.out:
         with open(os.path.join(os.path.abspath(args.out), "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
