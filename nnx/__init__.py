@@ -41,6 +41,10 @@ from .contexts import update_context as update_context
 from .display import display as display
 from .errors import NNXError as NNXError
 from .errors import TraceContextError as TraceContextError
+from .export import Exported as Exported
+from .export import ExportError as ExportError
+from .export import export as export
+from .export import load_exported as load_exported
 from .extract import NodeStates as NodeStates
 from .extract import from_tree as from_tree
 from .extract import prefix as prefix
@@ -80,6 +84,8 @@ from .graph_tools import map_state as map_state
 from .graph_tools import pure as pure
 from .graph_tools import recursive_map as recursive_map
 from .graph_tools import set_metadata as set_metadata
+from .inference import cast as cast
+from .inference import inference as inference
 from .module import M as M
 from .module import Module as Module
 from .module import iter_modules as iter_modules
@@ -161,6 +167,8 @@ from .pytreelib import has_data as has_data
 from .pytreelib import is_data as is_data
 from .pytreelib import register_data_type as register_data_type
 from .pytreelib import static as static
+from .quantize import QuantScale as QuantScale
+from .quantize import quantize as quantize
 from .rngs import RngCount as RngCount
 from .rngs import RngKey as RngKey
 from .rngs import Rngs as Rngs

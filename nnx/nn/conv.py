@@ -40,7 +40,7 @@ from ..variablelib import Param
 from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype
-from .linear import default_kernel_init
+from .linear import default_kernel_init, dequantized
 
 __all__ = ["Conv", "ConvTranspose", "PaddingLike", "canonicalize_padding"]
 
@@ -261,7 +261,7 @@ class _Kernel:
             del self.lazy_rngs
         assert self.kernel is not None and self.in_features is not None  # created by now
         check_features(self, inputs, self.in_features)
-        kernel = self.kernel.value
+        kernel = dequantized(self, "kernel")
         if self.mask is not None:
             kernel = kernel * self.mask
         bias = self.bias.value if self.bias is not None else None

@@ -30,6 +30,7 @@ from ..variablelib import Param
 from . import initializers
 from ._layer import check_positive, materialize
 from .dtypes import promote_dtype as _promote_dtype
+from .linear import dequantized
 
 __all__ = ["Embed", "default_embed_init"]
 
@@ -97,7 +98,9 @@ class Embed(Module):
             raise ShapeError(
                 _NOT_INTEGER.format(layer=describe(self), dtype=inputs.dtype, shape=inputs.shape)
             )
-        (table,) = self.promote_dtype((self.embedding.value,), dtype=self.dtype, inexact=False)
+        (table,) = self.promote_dtype(
+            (dequantized(self, "embedding"),), dtype=self.dtype, inexact=False
+        )
         take = lambda table, ids: jnp.take(table, ids, axis=0)
         if out_sharding is not None:
             take = jax.sharding.auto_axes(take, out_sharding=out_sharding)
@@ -118,6 +121,6 @@ class Embed(Module):
                 f"but got an array of shape {shape}.\nFix: project the query to {self.features} "
                 "features first."
             )
-        query, table = self.promote_dtype((query, self.embedding.value), dtype=self.dtype)
+        query, table = self.promote_dtype((query, dequantized(self, "embedding")), dtype=self.dtype)
         kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
         return jax.lax.dot_general(query, table, (((query.ndim - 1,), (1,)), ((), ())), **kwargs)

@@ -24,9 +24,20 @@ from . import initializers
 from ._layer import check_features, check_positive, lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype
 
-__all__ = ["Linear", "default_kernel_init"]
+__all__ = ["Linear", "default_kernel_init", "dequantized"]
 
 default_kernel_init = initializers.lecun_normal()
+
+
+def dequantized(module: Any, name: str) -> Any:
+    """The value of ``module.<name>``, dequantised where :func:`nnx.quantize` left int8 values
+    and a per-channel scale ``module.<name>_scale``: ``q.astype(scale.dtype) * scale``, which
+    XLA fuses into the matmul that reads it (the layers' one hook for quantisation)."""
+    value = getattr(module, name).value
+    scale = module.__dict__.get(f"{name}_scale")  # no lookup miss (and its message) per call
+    if scale is None:
+        return value
+    return value.astype(scale.dtype) * scale.value
 
 
 class Linear(Module):
@@ -116,7 +127,7 @@ class Linear(Module):
             del self.lazy_rngs
         assert self.kernel is not None and self.in_features is not None  # created by now
         check_features(self, inputs, self.in_features)
-        kernel = self.kernel.value
+        kernel = dequantized(self, "kernel")
         bias = self.bias.value if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         y = self.dot_general(

@@ -36,7 +36,7 @@ from ..variablelib import Param, VariableMetadata
 from . import initializers
 from ._layer import lazy_stream, materialize
 from .dtypes import promote_dtype as _promote_dtype
-from .linear import default_kernel_init
+from .linear import default_kernel_init, dequantized
 
 __all__ = ["Einsum", "LinearGeneral"]
 
@@ -304,7 +304,7 @@ class LinearGeneral(Module):
             del self.lazy_rngs
         self._check(inputs, axes, batch)
         assert self.kernel is not None  # created by now
-        kernel = self.kernel.value
+        kernel = dequantized(self, "kernel")
         bias = self.bias.value if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         if self.dot_general_cls is not None:
@@ -465,7 +465,7 @@ class Einsum(Module):
         self._check_inputs(inputs, lhs, rhs, einsum_str)
         bias = self.bias.value if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype(
-            (inputs, self.kernel.value, bias), dtype=self.dtype
+            (inputs, dequantized(self, "kernel"), bias), dtype=self.dtype
         )
         kwargs: dict[str, Any] = {}
         if out_sharding is not None:
