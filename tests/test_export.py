@@ -65,6 +65,7 @@ assert not leaked, leaked
 """
 
 
+@pytest.mark.slow  # a fresh Python process importing jax: about 10 s
 def test_loaded_in_a_fresh_process_without_the_class_matches_the_live_model(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -57,7 +57,10 @@ def single_device() -> dict[str, Any]:
 
 # data=8 is slow-marked: the parameter test below already compares its two training steps
 # with one device's.
-@pytest.mark.parametrize("mesh", ["data=4,model=2", pytest.param("data=8", marks=pytest.mark.slow)])
+# Whole --tiny runs (about 30 s with the single-device run they are compared with): slow;
+# the default run compares two training steps with one device (the next test).
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", ["data=4,model=2", "data=8"])
 def test_mesh_run_matches_the_single_device_run(single_device, mesh, capsys):
     summary = run("--mesh", mesh)
     assert summary["mesh"] == charlm.parse_mesh(mesh)
