@@ -103,6 +103,7 @@ def single_device_params() -> dict[tuple, jax.Array]:
     return flat_params(reference)
 
 
+@pytest.mark.slow  # builds and trains charlm on each mesh and on one device: about 50 s
 @pytest.mark.parametrize("spec", MESHES)
 def test_parameters_and_optimizer_moments_are_split_as_annotated(spec, single_device_params):
     args = charlm.parse_args([*ARGV, "--mesh", spec])
