@@ -378,7 +378,10 @@ def flatten_cached(root: Any) -> Flat:
         and isinstance(root[0], Pytree)
         and all(isinstance(r, _ROOTS) for r in root)
     ):
-        table = root[0].__dict__.setdefault("_nnx_multi", {})
+        holder = root[0].__dict__
+        table = holder.get("_nnx_multi")
+        if table is None:  # (setdefault would build an empty dict on every call)
+            table = holder["_nnx_multi"] = {}
         key = tuple(map(id, root))
         flat = table.get(key)
         if flat is not None and _reusable(flat):

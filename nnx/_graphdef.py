@@ -51,6 +51,7 @@ __all__ = [
     "flatten_full",
     "is_pytree_with_data",
     "plain_key",
+    "snapshot_leaves",
     "snapshot_state",
 ]
 
@@ -296,17 +297,21 @@ def flatten_full(root: Any) -> Flat:
 
 def snapshot_state(flat: Flat) -> State:
     """A State of copies of the flatten's Variables (raw leaves as they are)."""
-    if flat.has_raw:
-        leaves = [
-            leaf.copy() if slot is None else leaf
-            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
-        ]
-    else:
-        leaves = [leaf.copy() for leaf in flat.leaves]
+    leaves = snapshot_leaves(flat)
     plan = state_nest_plan(flat.graphdef)
     if plan is None:  # paths that do not nest plainly (an empty path): the general way
         return from_flat_state(list(zip(flat.paths, leaves, strict=True)))
     return state_from_plan(plan, leaves)
+
+
+def snapshot_leaves(flat: Flat) -> list[Any]:
+    """The flatten's leaves in order: copies of its Variables, raw leaves as they are."""
+    if flat.has_raw:
+        return [
+            leaf.copy() if slot is None else leaf
+            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
+        ]
+    return [leaf.copy() for leaf in flat.leaves]
 
 
 def plain_key(entry: Any) -> Hashable:

@@ -52,7 +52,7 @@ from ._graph_iter import iter_graph as iter_graph
 from ._graph_iter import iter_module_children as iter_module_children
 from ._graph_mode import check_tree_mode
 from ._graph_mode import find_duplicates as find_duplicates
-from ._graphdef import CallProxy, Flat, GraphDef, snapshot_state
+from ._graphdef import CallProxy, Flat, GraphDef, snapshot_leaves, snapshot_state
 from ._variable_trace import JaxTracer, check_frame
 from .errors import (
     ArgumentError,
@@ -221,10 +221,7 @@ def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
 
 
 def _snapshot_pairs(flat: Flat) -> list[tuple[Path, Any]]:
-    return [
-        (p, leaf.copy() if slot is None else leaf)
-        for p, leaf, slot in zip(flat.paths, flat.leaves, flat.slots, strict=True)
-    ]
+    return list(zip(flat.paths, snapshot_leaves(flat), strict=True))
 
 
 def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple[Any, ...]:
@@ -551,10 +548,7 @@ def clone(
     if arrays:  # tree_map rebuilds each Variable: new objects around the copied arrays
         leaves = jax.tree_util.tree_map(_copy_array, list(flat.leaves))
     else:
-        leaves = [
-            leaf.copy() if slot is None else leaf
-            for leaf, slot in zip(flat.leaves, flat.slots, strict=True)
-        ]
+        leaves = snapshot_leaves(flat)
     return build(flat.graphdef, leaves, False)
 
 
