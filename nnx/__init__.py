@@ -25,6 +25,7 @@ from . import tracers as tracers
 from . import traversals as traversals
 from . import variablelib as variablelib
 from . import visualization as visualization
+from . import weights as weights
 from ._graph_mode import set_graph_mode as set_graph_mode
 from ._graph_mode import set_graph_updates as set_graph_updates
 from .checkpointing import CheckpointCorruptError as CheckpointCorruptError
@@ -263,6 +264,8 @@ from .views import capture as capture
 from .views import view as view
 from .views import view_info as view_info
 from .views import with_attributes as with_attributes
+from .weights import LoadReport as LoadReport
+from .weights import copy_weights as copy_weights
 
 
 def __getattr__(name: str) -> _builtins.object:

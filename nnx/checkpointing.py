@@ -55,12 +55,18 @@ import jax
 
 from . import _checkpoint_index as _index
 from ._checkpoint_exit import at_exit, deferred_interrupt, report
-from .errors import NNXError, short_list
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    short_list,
+)
 from .graph import state as _state
 from .graph import update as _update
 from .state import State, flat_pairs
 from .transforms._lift import contains_graph
 from .variablelib import Variable
+from .weights import NO_COMMON_FIX, Matched, Rename, match, mismatch_error, report_of
 
 __all__ = [
     "CheckpointCorruptError",
@@ -72,18 +78,6 @@ __all__ = [
 _METADATA = "nnx_metadata"
 _RESERVED = (_METADATA, _index.NAME)
 _STEP_FILE = "_CHECKPOINT_METADATA"
-
-
-class CheckpointError(NNXError, ValueError):
-    """A checkpoint could not be saved or restored (missing step, not a checkpoint...)."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The saved structure, shapes or dtypes differ from the restore target."""
-
-
-class CheckpointCorruptError(CheckpointError):
-    """A checkpoint's files are damaged: a checksum, a size or a metadata file is wrong."""
 
 
 def _ocp() -> Any:
@@ -229,6 +223,21 @@ def _restore_target(target: Any, saved_meta: dict[tuple, Any]) -> Any:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return jax.tree_util.tree_map_with_path(leaf, target)
+
+
+def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _placed_like_saved(x: Any, meta: Any) -> Any:
+    """A restore target leaf without a sharding (abstract model) goes where it was saved."""
+    if not isinstance(x, jax.ShapeDtypeStruct) or x.sharding is not None:
+        return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_saved_sharding(meta))
 
 
 def _check_savable(name: str, flat: list[tuple[tuple[str, ...], Any]]) -> None:
@@ -421,7 +430,13 @@ class Checkpointer:
 
     # -- restoring ----------------------------------------------------------------------
     def restore(
-        self, step: int | None = None, *, verify: bool = True, **nodes: Any
+        self,
+        step: int | None = None,
+        *,
+        verify: bool = True,
+        strict: bool = True,
+        rename: Rename | None = None,
+        **nodes: Any,
     ) -> dict[str, Any]:
         """Restores the named objects from step `step` (default: the latest), in place.
 
@@ -429,20 +444,43 @@ class Checkpointer:
         pytrees cannot be, and are returned. The result maps each name to its restored value,
         plus ``'metadata'`` (the saved metadata dict, or None) and ``'step'``.
 
+        ``strict=False`` or ``rename=`` load by name instead (weight surgery; graph objects
+        only): the arrays are matched by dotted path (``blocks.0.attn.kernel``) with the
+        rules of :mod:`nnx.weights`, only the matched arrays are read from disk, and the
+        result also has ``'reports'``: name -> :class:`~nnx.weights.LoadReport` (loaded,
+        skipped, untouched). Shapes and dtypes of the matched arrays must agree.
+
         Args:
           step: the step to restore (default: the latest committed one).
           verify: check every array against the checksum written at save (default). Costs
             one pass over the restored bytes (see ``benchmarks/checkpoint.py``).
+          strict: with False, arrays on one side only are ignored: the saved arrays the
+            target has are loaded, the rest of the target keeps its values.
+          rename: saved name -> target name, as a dict of regular expressions to
+            replacements (None drops the array) or a function of the name.
           **nodes: name -> object to restore into, with the names used at save.
 
         Raises:
-          CheckpointError: no checkpoint, unknown step, or a name not in the checkpoint.
+          CheckpointError: no checkpoint, unknown step, or a name not in the checkpoint;
+            loading by name into something that is not a graph object.
           CheckpointMismatchError: structure, shape or dtype differences (all listed).
           CheckpointCorruptError: a file of the step is damaged (step, file and arrays
             named).
 
         In every case of error the targets are left untouched.
+
+        Example:
+          >>> import tempfile
+          >>> with nnx.Checkpointer(tempfile.mkdtemp()) as ckpt:
+          ...   _ = ckpt.save(1, model=nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+          ...   wider = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(1)),
+          ...                          nnx.Linear(3, 5, rngs=nnx.Rngs(1)))
+          ...   out = ckpt.restore(model=wider, strict=False, rename={'^': 'layers.0.'})
+          >>> out['reports']['model']
+          LoadReport(loaded=2, skipped=0, untouched=2)
         """
+        if not strict or rename is not None:
+            return self._restore_by_name(step, verify, strict, rename, nodes)
         self.wait()
         step = self._pick_step(step)
         step_dir, names, index = self._open_step(step)
@@ -496,6 +534,109 @@ class Checkpointer:
                     result[name] = node
                 else:
                     result[name] = value
+        return result
+
+    def _restore_by_name(
+        self,
+        step: int | None,
+        verify: bool,
+        strict: bool,
+        rename: Rename | None,
+        nodes: dict[str, Any],
+    ) -> dict[str, Any]:
+        """restore(strict=False / rename=): match saved arrays to targets by dotted name,
+        read only the matched ones (orbax skips the rest), then write them in place."""
+        self.wait()
+        for name, node in nodes.items():
+            if not contains_graph(node) or isinstance(node, State):
+                raise CheckpointError(
+                    f"restore(strict=False / rename=) loads by name into graph objects "
+                    f"(models, optimizers); {name!r} is a {type(node).__name__}. Fix: restore "
+                    f"it in its own call with the default strict=True."
+                )
+        if "reports" in nodes:
+            raise CheckpointError(
+                "restore(strict=False / rename=) returns its reports under 'reports', the "
+                "name of an object given. Fix: restore that object in a strict call."
+            )
+        step = self._pick_step(step)
+        step_dir, names, index = self._open_step(step)
+        available = sorted(n for n in names if n not in _RESERVED)
+        for name in nodes:
+            if name not in available:
+                raise CheckpointError(
+                    f"The checkpoint at step {step} has no {name!r}; it has {available}. "
+                    "Fix: restore with the names you saved with."
+                )
+        problems: list[str] = []
+        plans: dict[str, tuple[Any, Matched, dict[str, tuple], dict[str, tuple], dict]] = {}
+        for name, node in nodes.items():
+            with self._damage(step):
+                meta = self._saved_tree(step_dir, name)
+                specs = {p: _saved_spec(m) for p, m in meta.items()}
+                if index is not None:
+                    index.check_structure(name, specs, os.path.join(step_dir, name, "_METADATA"))
+            target = _tree_of(node)
+            saved_paths = {".".join(p): p for p in specs}
+            target_paths = {".".join(p): p for p, _ in _flat(target)}
+            target_specs = {".".join(p): _index.spec_of(v) for p, v in _flat(target)}
+            matched = match(
+                {n: specs[p] for n, p in saved_paths.items()},
+                target_specs,
+                rename=rename,
+                strict=strict,
+                where=f"restore(step={step}, {name}=...)",
+                source_kind="checkpoint",
+                describe_source=_describe,
+                describe_target=_describe,
+                target_kind="target",
+            )
+            problems += [f"{name}.{p}" for p in matched.problems]
+            if not matched.pairs and saved_paths and target_paths:
+                problems.append(
+                    f"{name}: no array name in common (checkpoint: {sorted(saved_paths)[:3]}"
+                    f"..., target: {sorted(target_paths)[:3]}...). Fix: {NO_COMMON_FIX}"
+                )
+            plans[name] = (target, matched, saved_paths, target_paths, meta)
+        if problems:
+            raise mismatch_error(
+                f"The checkpoint at step {step}",
+                "the restore targets",
+                problems,
+                [
+                    "leave out what differs: rename={pattern: None} drops saved arrays;",
+                    "map names that differ: rename={r'^encoder\\.': 'backbone.'};",
+                    "build the target with the configuration the checkpoint was saved with.",
+                ],
+            )
+        result: dict[str, Any] = {"step": step}
+        updates: dict[str, dict] = {}
+        for name, (target, matched, saved_paths, target_paths, meta) in plans.items():
+            wanted = {saved_paths[old]: target_paths[new] for new, old in matched.pairs.items()}
+            target_leaves = dict(_flat(_restore_target(target, {})))
+            item: dict = {}
+            for p, q in wanted.items():  # the target's placement, else where it was saved
+                _put(item, p, _placed_like_saved(target_leaves[q], meta[p]))
+            restored = dict(_flat(self._read_part(step, name, item))) if item else {}
+            loaded = [(p, restored[p]) for p in wanted]
+            if verify and index is not None:
+                with self._damage(step):
+                    index.check_values(name, loaded, os.path.join(step_dir, name))
+            update: dict = {}
+            for p, value in loaded:
+                _put(update, wanted[p], value)
+            updates[name] = update
+        saved_metadata = None
+        if _METADATA in names:
+            saved_metadata = self._read_item(step, _METADATA, None)
+        result["metadata"] = saved_metadata
+        reports = {}
+        with deferred_interrupt():  # a model is restored whole or not at all
+            for name, node in nodes.items():
+                _update(node, updates[name])
+                result[name] = node
+                reports[name] = report_of(node, plans[name][1], saved_metadata)
+        result["reports"] = reports
         return result
 
     def _pick_step(self, step: int | None) -> int:
@@ -591,6 +732,27 @@ class Checkpointer:
                 os.path.join(self.directory, str(step), name),
                 f"orbax cannot read {name!r} ({type(err).__name__}: {_first_line(err)})",
             ) from None
+
+    def _read_part(self, step: int, name: str, item: dict) -> Any:
+        """The arrays of `item` (a sub-tree of item `name`'s saved tree) and nothing else:
+        orbax's partial restore reads only the leaves asked for."""
+        from etils import epath
+
+        ocp = _ocp()
+        folder = os.path.join(self.directory, str(step), name)
+        args = ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        )
+        try:
+            with _quiet(reading=True):
+                return ocp.PyTreeCheckpointHandler().restore(epath.Path(folder), args=args)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            what = f"orbax cannot read {name!r} ({type(err).__name__}: {_first_line(err)})"
+            raise self._corrupt(step, folder, what) from None
 
     # -- bookkeeping --------------------------------------------------------------------
     def latest_step(self) -> int | None:

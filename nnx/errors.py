@@ -14,6 +14,9 @@ from typing import Any
 __all__ = [
     "ArgumentError",
     "AttributeNotFoundError",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "FilterError",
     "GraphDefMismatchError",
     "KeyNotFoundError",
@@ -103,6 +106,18 @@ class VariableInPlaceError(NNXError, NotImplementedError):
 
 class RngStreamError(NNXError, AttributeError, KeyError):
     """An RNG stream was requested that the Rngs object does not have."""
+
+
+class CheckpointError(NNXError, ValueError):
+    """A checkpoint could not be saved or restored (missing step, not a checkpoint...)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The saved structure, shapes or dtypes differ from the restore target."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint's files are damaged: a checksum, a size or a metadata file is wrong."""
 
 
 def format_path(path: Sequence[Hashable], root: str = "model") -> str:

@@ -29,7 +29,9 @@ in its header and memory a small multiple of it (``nnx/_safetensors_header.py`` 
 Then it compares every name, shape and dtype with the model before writing anything; all
 differences are reported in one :class:`~nnx.checkpointing.CheckpointMismatchError` and the
 model is left untouched. Abstract models from ``nnx.eval_shape`` get real arrays (placed with
-their sharding when they have one). ``strict=False`` loads the tensors both sides have;
+their sharding when they have one). ``strict=False`` loads the tensors both sides have and
+``rename=`` maps the file's names to the model's (the rules of :mod:`nnx.weights`); the
+returned :class:`~nnx.weights.LoadReport` says what was loaded, skipped and left untouched.
 :func:`load_safetensors_dict` gives the raw ``{name: np.ndarray}`` for anything else.
 Hugging Face ``transformers`` wants ``metadata={"format": "pt"}`` in files it loads.
 
@@ -39,7 +41,7 @@ Example:
   >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
   >>> nnx.save_safetensors(path, model, metadata={'step': '100'})
   >>> fresh = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
-  >>> nnx.load_safetensors(path, fresh)
+  >>> nnx.load_safetensors(path, fresh).metadata
   {'step': '100'}
   >>> bool((fresh.kernel.value == model.kernel.value).all())
   True
@@ -52,11 +54,10 @@ import math
 import os
 import sys
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._safetensors_header import CODES as _CODES
@@ -64,15 +65,23 @@ from ._safetensors_header import METADATA_KEY as _METADATA_KEY
 from ._safetensors_header import PRNG_KEYS as _PRNG_KEYS
 from ._safetensors_header import SUPPORTED as _SUPPORTED
 from ._safetensors_header import File as _File
-from .checkpointing import CheckpointError, CheckpointMismatchError
-from .errors import short_list
-from .filters import Any as _AnyOf
-from .filters import Filter, Not, to_predicate
-from .graph import state as _state
+from .errors import CheckpointError, short_list
+from .filters import Filter
 from .graph import update as _update
-from .rngs import RngState
-from .state import from_flat_state, to_flat_state
-from .variablelib import Variable
+from .state import from_flat_state
+from .weights import (
+    NO_COMMON_FIX,
+    Leaf,
+    LoadReport,
+    Rename,
+    describe_spec,
+    match,
+    mismatch_error,
+    named_leaves,
+    report_of,
+    to_target,
+    unselected_names,
+)
 
 __all__ = [
     "load_safetensors",
@@ -81,94 +90,9 @@ __all__ = [
     "save_safetensors",
 ]
 
-Path = tuple[Hashable, ...]
-
 _DTYPE_CODES: dict[np.dtype, str] = {dtype: code for code, dtype in _CODES.items()}
 
-_DEFAULT_FILTER = Not(RngState)
 
-
-# -- what a model holds -------------------------------------------------------------------
-class _Leaf:
-    """One saveable leaf of a model's state: where it is, its value and its stored form."""
-
-    __slots__ = ("dtype", "impl", "name", "path", "shape", "value")
-
-    def __init__(self, name: str, path: Path, value: Any):
-        self.name = name
-        self.path = path
-        self.value = value
-        self.impl: str | None = None  # the PRNG key implementation, for typed keys
-        dtype = value.dtype if hasattr(value, "dtype") else np.dtype(jnp.result_type(value))
-        shape = tuple(getattr(value, "shape", ()))
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            abstract = jax.ShapeDtypeStruct(shape, dtype)
-            self.impl = _key_impl(abstract)
-            data = jax.eval_shape(jax.random.key_data, abstract)
-            shape, dtype = tuple(data.shape), data.dtype
-        self.shape: tuple[int, ...] = shape
-        self.dtype = np.dtype(dtype)
-
-
-def _key_impl(abstract_key: jax.ShapeDtypeStruct) -> str:
-    # key_impl needs a key array; tracing gives it one for abstract keys as well.
-    found: list[str] = []
-    jax.eval_shape(lambda k: found.append(str(jax.random.key_impl(k))), abstract_key)
-    return found[0]
-
-
-def _is_tensor_like(value: Any) -> bool:
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return True
-    return isinstance(value, bool | int | float)
-
-
-def _name(path: Path) -> str:
-    parts = []
-    for key in path:
-        if isinstance(key, bool) or not isinstance(key, int | str):
-            raise CheckpointError(
-                f"The state path {path!r} has the key {key!r} ({type(key).__name__}); "
-                "safetensors names are made of attribute names and integer indices only. "
-                "Fix: use str or int keys in dicts, or leave this leaf out with a filter."
-            )
-        parts.append(str(key))
-    return ".".join(parts)
-
-
-def _leaves(node: Any, filters: tuple[Filter, ...], what: str) -> dict[str, _Leaf]:
-    """The leaves of `node` that `filters` select, by safetensors name."""
-    predicate = to_predicate(_AnyOf(*filters) if filters else _DEFAULT_FILTER)
-    out: dict[str, _Leaf] = {}
-    # nnx.state takes graph nodes, States and nested dicts alike; an empty dict has no state.
-    state = {} if isinstance(node, Mapping) and not node else _state(node)
-    for path, leaf in to_flat_state(state):
-        if not predicate(path, leaf):
-            continue
-        value = leaf.value if isinstance(leaf, Variable) else leaf
-        if not _is_tensor_like(value):
-            continue
-        name = _name(path)
-        if name in out or name == _METADATA_KEY:
-            clash = (
-                f"the state paths {out[name].path!r} and {path!r} both give the safetensors "
-                f"name {name!r}"
-                if name in out
-                else f"the state path {path!r} gives the name {name!r}, which the format reserves"
-            )
-            raise CheckpointError(
-                f"{what}: {clash}. Fix: rename the dict key (string keys must not look like "
-                "integers, contain dots, or be '__metadata__'), or leave it out with a filter."
-            )
-        out[name] = _Leaf(name, path, value)
-    return out
-
-
-def _describe(shape: tuple[int, ...], dtype: np.dtype) -> str:
-    return f"{dtype.name}{list(shape)}"
-
-
-# -- writing ------------------------------------------------------------------------------
 def save_safetensors(
     path: str | os.PathLike,
     node: Any,
@@ -203,7 +127,7 @@ def save_safetensors(
     """
     path = os.fspath(path)
     user_meta = _check_metadata(metadata, path)
-    leaves = _leaves(node, filters, f"save_safetensors({path!r})")
+    leaves = named_leaves(node, filters, f"save_safetensors({path!r})")
     problems = []
     for leaf in leaves.values():
         if isinstance(leaf.value, jax.ShapeDtypeStruct):
@@ -260,7 +184,7 @@ def _check_metadata(metadata: Mapping[str, str] | None, path: str) -> dict[str, 
     return dict(metadata)
 
 
-def _host_bytes(leaf: _Leaf) -> np.ndarray:
+def _host_bytes(leaf: Leaf) -> np.ndarray:
     """The tensor's bytes as stored (little-endian, C order), as a flat uint8 array."""
     value = leaf.value
     if leaf.impl is not None:
@@ -271,7 +195,7 @@ def _host_bytes(leaf: _Leaf) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def _write_atomically(path: str, header: bytes, order: list[_Leaf]) -> None:
+def _write_atomically(path: str, header: bytes, order: list[Leaf]) -> None:
     directory, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open (not tempfile) so the file gets the umask's usual permissions.
@@ -329,8 +253,13 @@ def load_safetensors(
     /,
     *filters: Filter,
     strict: bool = True,
-) -> dict[str, str]:
+    rename: Rename | None = None,
+) -> LoadReport:
     """Loads a safetensors file into `node`, in place, after checking that it fits.
+
+    Tensors load by name (``blocks.0.attn.kernel``), with the rules of :mod:`nnx.weights`:
+    ``rename`` maps the file's names to the model's, ``strict=False`` loads only the names
+    both have, and shapes and dtypes must agree in any case.
 
     Args:
       path: the file to read.
@@ -341,25 +270,32 @@ def load_safetensors(
         but RNG state, as :func:`save_safetensors` saves.
       strict: with False, names on one side only are ignored and the tensors both have are
         loaded (their shapes and dtypes must still agree).
+      rename: file name -> model name: a dict of regular expressions to replacements (None
+        drops the tensor) or a function of the name returning the new one or None.
 
     Returns:
-      The file's ``__metadata__`` (an empty dict if it has none).
+      A :class:`~nnx.weights.LoadReport`: what was loaded, skipped and left untouched, and
+      the file's ``__metadata__`` as ``report.metadata``.
 
     Raises:
       CheckpointCorruptError: the file is not a valid safetensors file (the model is left
         untouched).
       CheckpointError: the file is missing or cannot be read, or (strict=False) it has no
         name in common with the model.
-      CheckpointMismatchError: missing or unexpected names (strict=True), or shape or dtype
-        differences; all are listed, and the model is left untouched.
+      CheckpointMismatchError: missing or unexpected names (strict=True), names renamed onto
+        one, or shape or dtype differences; all are listed, and the model is left untouched.
 
     Example:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), 'w.safetensors')
-      >>> nnx.save_safetensors(path, nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+      >>> nnx.save_safetensors(path, nnx.Linear(2, 3, rngs=nnx.Rngs(0)), metadata={'a': 'b'})
       >>> no_bias = nnx.Linear(2, 3, use_bias=False, rngs=nnx.Rngs(1))
-      >>> nnx.load_safetensors(path, no_bias, strict=False)
-      {}
+      >>> report = nnx.load_safetensors(path, no_bias, strict=False)
+      >>> report, dict(report.skipped), report.metadata
+      (LoadReport(loaded=1, skipped=1, untouched=0), {'bias': 'not in the model'}, {'a': 'b'})
+      >>> wrapped = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(2)))
+      >>> nnx.load_safetensors(path, wrapped, rename={'^': 'layers.0.'})
+      LoadReport(loaded=2, skipped=0, untouched=0)
       >>> abstract = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(2)))
       >>> _ = nnx.load_safetensors(path, abstract)
       >>> type(abstract.kernel.value).__name__
@@ -369,91 +305,50 @@ def load_safetensors(
     file = _File(path)
     saved_keys = file.prng_keys()
     where = f"load_safetensors({path!r})"
-    targets = _leaves(node, filters, where)
-    problems: list[str] = []
-    unselected: set[str] | None = None
-    for name in sorted(set(targets) | set(file.entries)):
-        target, entry = targets.get(name), file.entries.get(name)
-        if entry is None:
-            if strict:
-                assert target is not None
-                problems.append(
-                    f"{name}: missing from the file (the model has "
-                    f"{_describe(target.shape, target.dtype)})"
-                )
-        elif target is None:
-            if strict:
-                where_not = "not in the model"
-                if unselected is None:
-                    unselected = _unselected(node, targets)
-                if name in unselected:
-                    where_not = "not selected by the filters" + (
-                        "" if filters else " (by default RNG state is not loaded; pass ...)"
-                    )
-                problems.append(
-                    f"{name}: in the file ({_describe(entry.shape, entry.dtype)}), {where_not}"
-                )
-        elif (entry.shape, entry.dtype) != (target.shape, target.dtype):
-            problems.append(
-                f"{name}: file {_describe(entry.shape, entry.dtype)}, model "
-                f"{_describe(target.shape, target.dtype)}"
-            )
-    problems += _key_impl_problems(file, saved_keys, targets)
-    if problems:
-        raise CheckpointMismatchError(
-            f"{where} does not fit {type(node).__name__}; nothing was loaded. "
-            f"{len(problems)} differences:\n"
-            + short_list(problems, limit=len(problems))
-            + "\nFix: one of\n"
-            "  1. build the model with the configuration the file was saved with;\n"
-            "  2. load the tensors both have: nnx.load_safetensors(path, model, strict=False),"
-            " leaving out those whose shape or dtype differs with a filter, e.g. "
-            "nnx.Not(nnx.PathContains('head'));\n"
-            "  3. read the raw arrays with nnx.load_safetensors_dict(path) and convert them."
+    targets = named_leaves(node, filters, where)
+    default_hint = "" if filters else " (by default RNG state is not loaded; pass ...)"
+    matched = match(
+        {
+            name: (entry.shape, entry.dtype, saved_keys.get(name))
+            for name, entry in file.entries.items()
+        },
+        {name: leaf.spec for name, leaf in targets.items()},
+        rename=rename,
+        strict=strict,
+        where=where,
+        source_kind="file",
+        describe_source=describe_spec,
+        describe_target=describe_spec,
+        unselected=lambda: unselected_names(node, targets),
+    )
+    if matched.problems:
+        problems = [
+            p + default_hint if p.endswith("not selected by the filters") else p
+            for p in matched.problems
+        ]
+        raise mismatch_error(
+            where,
+            type(node).__name__,
+            problems,
+            [
+                "build the model with the configuration the file was saved with;",
+                "load the tensors both have: nnx.load_safetensors(path, model, strict=False), "
+                "leaving out those whose shape or dtype differs with a filter, e.g. "
+                "nnx.Not(nnx.PathContains('head')), or with rename={pattern: None};",
+                "map names that differ: rename={r'^encoder\\.': 'backbone.'};",
+                "read the raw arrays with nnx.load_safetensors_dict(path) and convert them.",
+            ],
         )
-    common = sorted(set(targets) & set(file.entries))
-    if not common and targets and file.entries:
+    if not matched.pairs and targets and file.entries:
         raise CheckpointError(
             f"{where}: the file and {type(node).__name__} have no tensor name in common "
             f"(file: {sorted(file.entries)[:3]}..., model: {sorted(targets)[:3]}...), so "
-            "nothing would be loaded. Fix: check the names with nnx.load_safetensors_dict; "
-            "a prefix may differ."
+            f"nothing would be loaded. Fix: {NO_COMMON_FIX}"
         )
-    arrays = file.read(common)
-    updates = [(targets[name].path, _to_target(targets[name], arrays[name])) for name in common]
+    arrays = file.read(sorted(matched.pairs.values()))
+    updates = [
+        (targets[new].path, to_target(targets[new], arrays[old]))
+        for new, old in matched.pairs.items()
+    ]
     _update(node, from_flat_state(updates))
-    return dict(file.metadata)
-
-
-def _unselected(node: Any, targets: Mapping[str, _Leaf]) -> set[str]:
-    """The names the model has but the filters leave out (for error messages)."""
-    try:
-        return set(_leaves(node, (...,), "")) - set(targets)
-    except CheckpointError:
-        return set()
-
-
-def _key_impl_problems(
-    file: _File, saved: Mapping[str, str], targets: Mapping[str, _Leaf]
-) -> list[str]:
-    problems = []
-    for name, impl in sorted(saved.items()):
-        target = targets.get(name)
-        if target is not None and name in file.entries and impl != target.impl:
-            expected = target.impl or f"a plain {target.dtype.name} array"
-            problems.append(f"{name}: file has PRNG keys of {impl}, model {expected}")
-    return problems
-
-
-def _to_target(target: _Leaf, array: np.ndarray) -> Any:
-    """The loaded array in the target's kind: key, jax array (with its sharding), numpy array
-    or Python number."""
-    value = target.value
-    if target.impl is not None:
-        return jax.random.wrap_key_data(jnp.asarray(array), impl=target.impl)
-    if isinstance(value, np.ndarray | np.generic):
-        return array if isinstance(value, np.ndarray) else array[()]
-    if isinstance(value, bool | int | float):
-        return type(value)(array.item())
-    sharding = getattr(value, "sharding", None)
-    return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+    return report_of(node, matched, file.metadata)
