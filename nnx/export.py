@@ -56,7 +56,7 @@ import importlib.metadata
 import json
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -181,6 +181,47 @@ class Exported:
     def __call__(self, *args: Any) -> Any:
         """Runs the program on ``args`` with the stored weights."""
         return self._call(list(self.weights.values()), *args)
+
+    def apply(self, weights: Mapping[str, Any], *args: Any) -> Any:
+        """Runs the program on ``args`` with `weights` instead of the stored ones.
+
+        The pure form of the call, for fine-tuning an exported model (``jax.grad`` with
+        respect to the weights, which needs ``vjp_order >= 1``) or for swapping weights
+        without exporting again.
+
+        Args:
+          weights: ``{name: array}`` with the names, shapes and dtypes of :attr:`weights`.
+          *args: the method's arguments.
+
+        Raises:
+          ExportError: names missing or unknown, or a shape or dtype that differs.
+
+        Example:
+          >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+          >>> exported = nnx.export(model, jnp.ones((4, 3)), vjp_order=1)
+          >>> loss = lambda w, x: (exported.apply(w, x) ** 2).sum()
+          >>> grads = jax.grad(loss)(exported.weights, jnp.ones((4, 3)))
+          >>> sorted(grads), grads['kernel'].shape
+          (['bias', 'kernel'], (3, 2))
+        """
+        missing = sorted(set(self.weights) - set(weights))
+        unknown = sorted(set(weights) - set(self.weights))
+        differ = [
+            f"{name}: {jnp.dtype(w.dtype).name}{list(w.shape)}, expected "
+            f"{jnp.dtype(self.weights[name].dtype).name}{list(self.weights[name].shape)}"
+            for name, w in weights.items()
+            if name in self.weights
+            and (tuple(w.shape), w.dtype)
+            != (tuple(self.weights[name].shape), self.weights[name].dtype)
+        ]
+        if missing or unknown or differ:
+            raise ExportError(
+                f"Exported.apply({self.model_class}.{self.method}): the weights do not fit "
+                f"the program: missing {missing}, unknown {unknown}, differing {differ}.\n"
+                f"Fix: start from exported.weights and replace values of the same shape and "
+                f"dtype."
+            )
+        return self._call([weights[name] for name in self.weights], *args)
 
     def to_bytes(self) -> bytes:
         """The container (see :mod:`nnx.export`): header, program and weights, checksummed."""

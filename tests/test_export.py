@@ -153,6 +153,45 @@ def test_vjp_order_1_allows_grad_through_the_loaded_callable() -> None:
     assert float(jnp.abs(got).sum()) > 0
 
 
+def test_grads_with_respect_to_the_weights_of_a_loaded_export_equal_nnx_grad() -> None:
+    net = _trained_net()
+    loaded = nnx.load_exported(nnx.export(net, _x(2), vjp_order=1).to_bytes())
+    x = _x(6)
+
+    def loss(model):
+        return (model(x) ** 2).mean()
+
+    floats = nnx.Any(nnx.Param, nnx.BatchStat)
+    want = {
+        ".".join(map(str, p)): np.asarray(v.value)
+        for p, v in nnx.to_flat_state(nnx.grad(loss, argnums=nnx.DiffState(0, floats))(net))
+    }
+    # the float weights are differentiated; the Dropout's RNG key data rides along
+    trainable = {n: w for n, w in loaded.weights.items() if jnp.issubdtype(w.dtype, jnp.floating)}
+    rest = {n: w for n, w in loaded.weights.items() if n not in trainable}
+
+    def exported_loss(w):
+        return (loaded.apply({**w, **rest}, x) ** 2).mean()
+
+    got = jax.grad(exported_loss)(trainable)
+    assert sorted(got) == sorted(want) and rest
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert float(jnp.abs(got["linear.kernel"]).sum()) > 0
+    # one gradient step on the exported weights lowers the loss
+    stepped = {n: w - 0.1 * got[n] for n, w in trainable.items()}
+    assert float(exported_loss(stepped)) < float(exported_loss(trainable))
+
+
+def test_apply_checks_the_weights() -> None:
+    loaded = nnx.load_exported(nnx.export(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), _x(2)).to_bytes())
+    with pytest.raises(nnx.ExportError, match=r"(?s)missing \['bias'\].*Fix:"):
+        loaded.apply({"kernel": loaded.weights["kernel"]}, _x(2))
+    with pytest.raises(nnx.ExportError, match=r"kernel: float32\[2, 3\], expected float32\[3, 2\]"):
+        loaded.apply({**loaded.weights, "kernel": jnp.zeros((2, 3))}, _x(2))
+    np.testing.assert_allclose(loaded.apply(loaded.weights, _x(4)), loaded(_x(4)))
+
+
 def test_vjp_order_0_refuses_grad() -> None:
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     loaded = nnx.load_exported(nnx.export(model, _x(2)).to_bytes())
