@@ -85,6 +85,23 @@ def test_embed_lookup_and_attend_use_per_row_scales():
     np.testing.assert_allclose(embed.attend(q), att, atol=0.05)
 
 
+def test_quantized_embed_dequantises_only_the_rows_it_looks_up():
+    embed = nnx.Embed(1000, 8, rngs=nnx.Rngs(0))
+    nnx.quantize(embed)
+    ids = jnp.array([[3, 999], [0, 3]])
+    # the same values as dequantising the whole table and then looking up
+    whole = embed.embedding.raw_value.astype(jnp.float32) * embed.embedding_scale.value
+    np.testing.assert_array_equal(embed(ids), jnp.take(whole, ids, axis=0))
+    jaxpr = jax.make_jaxpr(lambda m, i: m(i))(embed, ids)
+    float_tables = [
+        v.aval.shape
+        for eqn in jaxpr.eqns
+        for v in eqn.outvars
+        if v.aval.shape == (1000, 8) and jnp.issubdtype(v.aval.dtype, jnp.floating)
+    ]
+    assert float_tables == [], "the whole table was dequantised for a lookup of four rows"
+
+
 def test_filter_selects_layers_and_quantize_is_idempotent():
     rngs = nnx.Rngs(0)
     model = nnx.Sequential(nnx.Linear(4, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs))

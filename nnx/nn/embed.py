@@ -98,6 +98,16 @@ class Embed(Module):
             raise ShapeError(
                 _NOT_INTEGER.format(layer=describe(self), dtype=inputs.dtype, shape=inputs.shape)
             )
+        scale = self.__dict__.get("embedding_scale")
+        if scale is not None and out_sharding is None:
+            # int8 table (nnx.quantize): gather the rows and their scales, then dequantise
+            # only those, not the whole (num_embeddings, features) table on every call.
+            rows = jnp.take(self.embedding.value, inputs, axis=0)
+            row_scales = jnp.take(scale.value, inputs, axis=0)
+            (out,) = self.promote_dtype(
+                (rows.astype(row_scales.dtype) * row_scales,), dtype=self.dtype, inexact=False
+            )
+            return out
         (table,) = self.promote_dtype(
             (dequantized(self, "embedding"),), dtype=self.dtype, inexact=False
         )
