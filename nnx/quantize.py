@@ -5,8 +5,16 @@ values ``q = round(w / scale)`` in ``[-127, 127]``, and gains a sibling Variable
 ``<kernel>_scale`` (a :class:`QuantScale`, a ``Param`` kind) with one symmetric scale
 ``max|w| / 127`` per output channel, kept in the kernel's float dtype with size-1 axes where
 the kernel's contracted axes are. The layers read their kernel through one hook
-(``nnx.nn.linear.dequantized``): ``q.astype(scale.dtype) * scale``, which XLA fuses into the
-matmul or convolution that consumes it; activations stay float (weight-only).
+(``nnx.nn.linear.dequantized``): ``q.astype(scale.dtype) * scale`` feeds the matmul or
+convolution; activations stay float (weight-only). ``Embed`` dequantises only the rows it
+looks up.
+
+What it saves and costs: a quarter of the kernel bytes (in memory, in checkpoints and in
+:func:`nnx.export` files). On CPU it is not faster: XLA's CPU compiler writes the dequantised
+kernel to a float buffer on every call before the matmul (``benchmarks/export.py`` measures
+1.0-7.8x the float32 time for one ``Linear(K, K)``, worst at batch 1, and prints whether the
+compiled program materialises the kernel). Accelerator compilers can fuse the conversion into
+the matmul; that is not measured here.
 
 Output channels per layer (the axes that keep their own scale):
 

@@ -31,8 +31,9 @@ default_kernel_init = initializers.lecun_normal()
 
 def dequantized(module: Any, name: str) -> Any:
     """The value of ``module.<name>``, dequantised where :func:`nnx.quantize` left int8 values
-    and a per-channel scale ``module.<name>_scale``: ``q.astype(scale.dtype) * scale``, which
-    XLA fuses into the matmul that reads it (the layers' one hook for quantisation)."""
+    and a per-channel scale ``module.<name>_scale``: ``q.astype(scale.dtype) * scale`` (the
+    layers' one hook for quantisation; on CPU, XLA materialises the result before the matmul:
+    see :mod:`nnx.quantize`)."""
     value = getattr(module, name).value
     scale = module.__dict__.get(f"{name}_scale")  # no lookup miss (and its message) per call
     if scale is None:
