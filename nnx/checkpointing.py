@@ -481,24 +481,11 @@ class Checkpointer:
         """
         if not strict or rename is not None:
             return self._restore_by_name(step, verify, strict, rename, nodes)
-        self.wait()
-        step = self._pick_step(step)
-        step_dir, names, index = self._open_step(step)
-        available = sorted(n for n in names if n not in _RESERVED)
-        for name in nodes:
-            if name not in available:
-                raise CheckpointError(
-                    f"The checkpoint at step {step} has no {name!r}; it has {available}. "
-                    "Fix: restore with the names you saved with."
-                )
+        step, step_dir, names, index, saved = self._saved_items(step, nodes)
         problems: list[str] = []
         targets: dict[str, tuple[Any, dict]] = {}
         for name, node in nodes.items():
-            with self._damage(step):
-                meta = self._saved_tree(step_dir, name)
-                specs = {p: _saved_spec(m) for p, m in meta.items()}
-                if index is not None:
-                    index.check_structure(name, specs, os.path.join(step_dir, name, "_METADATA"))
+            meta, specs = saved[name]
             target = _tree_of(node)
             targets[name] = (target, meta)
             problems += _compare(name, specs, target)
@@ -536,6 +523,32 @@ class Checkpointer:
                     result[name] = value
         return result
 
+    def _saved_items(
+        self, step: int | None, nodes: Mapping[str, Any]
+    ) -> tuple[int, str, list[str], _index.Index | None, dict[str, tuple[dict, dict]]]:
+        """The step to restore, its folder, item names and index, and for each object asked
+        for: orbax's metadata of its saved leaves and their specs (checked against the
+        index)."""
+        self.wait()
+        step = self._pick_step(step)
+        step_dir, names, index = self._open_step(step)
+        available = sorted(n for n in names if n not in _RESERVED)
+        for name in nodes:
+            if name not in available:
+                raise CheckpointError(
+                    f"The checkpoint at step {step} has no {name!r}; it has {available}. "
+                    "Fix: restore with the names you saved with."
+                )
+        saved = {}
+        for name in nodes:
+            with self._damage(step):
+                meta = self._saved_tree(step_dir, name)
+                specs = {p: _saved_spec(m) for p, m in meta.items()}
+                if index is not None:
+                    index.check_structure(name, specs, os.path.join(step_dir, name, "_METADATA"))
+            saved[name] = (meta, specs)
+        return step, step_dir, names, index, saved
+
     def _restore_by_name(
         self,
         step: int | None,
@@ -546,7 +559,6 @@ class Checkpointer:
     ) -> dict[str, Any]:
         """restore(strict=False / rename=): match saved arrays to targets by dotted name,
         read only the matched ones (orbax skips the rest), then write them in place."""
-        self.wait()
         for name, node in nodes.items():
             if not contains_graph(node) or isinstance(node, State):
                 raise CheckpointError(
@@ -559,23 +571,11 @@ class Checkpointer:
                 "restore(strict=False / rename=) returns its reports under 'reports', the "
                 "name of an object given. Fix: restore that object in a strict call."
             )
-        step = self._pick_step(step)
-        step_dir, names, index = self._open_step(step)
-        available = sorted(n for n in names if n not in _RESERVED)
-        for name in nodes:
-            if name not in available:
-                raise CheckpointError(
-                    f"The checkpoint at step {step} has no {name!r}; it has {available}. "
-                    "Fix: restore with the names you saved with."
-                )
+        step, step_dir, names, index, saved = self._saved_items(step, nodes)
         problems: list[str] = []
         plans: dict[str, tuple[Any, Matched, dict[str, tuple], dict[str, tuple], dict]] = {}
         for name, node in nodes.items():
-            with self._damage(step):
-                meta = self._saved_tree(step_dir, name)
-                specs = {p: _saved_spec(m) for p, m in meta.items()}
-                if index is not None:
-                    index.check_structure(name, specs, os.path.join(step_dir, name, "_METADATA"))
+            meta, specs = saved[name]
             target = _tree_of(node)
             saved_paths = {".".join(p): p for p in specs}
             target_paths = {".".join(p): p for p, _ in _flat(target)}
