@@ -19,6 +19,7 @@ from . import helpers as helpers
 from . import locate as locate
 from . import nn as nn
 from . import pytreelib as object  # noqa: F401 - flax name
+from . import reprlib as reprlib
 from . import rngs as rnglib  # noqa: F401 - flax name
 from . import state as statelib  # noqa: F401 - flax name
 from . import tracers as tracers

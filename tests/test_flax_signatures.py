@@ -47,7 +47,6 @@ DIFFERENCES: dict[str, str] = {
 
 # flax.nnx names nnx does not provide, with the reason.
 ABSENT: dict[str, str] = {
-    "reprlib": "nnx objects describe themselves to treescope (nnx.display), not via __nnx_repr__",
     "proxy_caller": "the machinery behind nnx.call and GraphDef.apply, which nnx provides",
 }
 

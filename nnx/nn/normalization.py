@@ -225,8 +225,12 @@ class _Norm(Module):
         when it is set."""
         # `where` only with a mask: a plain mean is the same value and exports everywhere
         # (jax2onnx, for one, has no conversion for a mean with `where`).
-        kwargs = {} if mask is None else {"where": mask}
-        out = tuple(jnp.mean(a, axis=axes, keepdims=True, **kwargs) for a in arrays)
+        out = tuple(
+            jnp.mean(a, axis=axes, keepdims=True)
+            if mask is None
+            else jnp.mean(a, axis=axes, keepdims=True, where=mask)
+            for a in arrays
+        )
         if self.axis_name is not None:
             out = lax.pmean(out, self.axis_name, axis_index_groups=self.axis_index_groups)
         return out
