@@ -12,7 +12,7 @@ looks up.
 What it saves and costs: a quarter of the kernel bytes (in memory, in checkpoints and in
 :func:`nnx.export` files). On CPU it is not faster: XLA's CPU compiler writes the dequantised
 kernel to a float buffer on every call before the matmul (``benchmarks/export.py`` measures
-1.0-7.8x the float32 time for one ``Linear(K, K)``, worst at batch 1, and prints whether the
+1.1-7.8x the float32 time for one ``Linear(K, K)``, worst at batch 1, and prints whether the
 compiled program materialises the kernel). Accelerator compilers can fuse the conversion into
 the matmul; that is not measured here.
 
