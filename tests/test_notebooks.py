@@ -21,8 +21,9 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 # name -> seconds one run takes inside the default suite (`pytest -n 2` on a 2-core CPU, wall,
 # kernel start included; 03 and 06 measured alone, times 1.5; 07 measured alone next to other
-# jobs, load average 8; 08 against 02 and 04 run alternately under the same load). Those over SLOW_AFTER_S run with the slow tests (`-m slow`), which CI
-# runs too; CI's docs build executes all of them again.
+# jobs, load average 8; 08 against 02 and 04 run alternately under the same load). Those over
+# SLOW_AFTER_S run with the slow tests (`-m slow`), which CI runs too; CI's docs build executes
+# all of them again.
 TIMINGS = {
     "01_quickstart": 18,
     "02_state": 12,

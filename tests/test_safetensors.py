@@ -176,8 +176,8 @@ def test_typed_prng_keys_are_stored_as_key_data_when_asked_for(tmp_path):
     fresh = Net(nnx.Rngs(9))
     with pytest.raises(
         CheckpointMismatchError,
-        match=r"drop\.rngs\.key: in the file \(PRNG keys of threefry2x32 \(uint32\[2\] key data\)\), "
-        r"not selected by the filters "
+        match=r"drop\.rngs\.key: in the file \(PRNG keys of threefry2x32 "
+        r"\(uint32\[2\] key data\)\), not selected by the filters "
         r"\(by default RNG state is not loaded; pass \.\.\.\)",
     ):
         nnx.load_safetensors(path, fresh)
