@@ -231,13 +231,66 @@ def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
+def _dotted(paths: Mapping[tuple[str, ...], Any], what: str) -> dict[str, tuple[str, ...]]:
+    """Dotted name -> path; two paths with one name (a dict key with a dot) are an error."""
+    out: dict[str, tuple[str, ...]] = {}
+    for p in paths:
+        name = ".".join(p)
+        if name in out:
+            raise CheckpointError(
+                f"restore(strict=False / rename=): in {what}, the paths {out[name]} and {p} "
+                f"both have the name {name!r}, so loading by name cannot tell them apart. "
+                "Fix: restore with strict=True (by structure)."
+            )
+        out[name] = p
+    return out
+
+
+def _zip_flat(names: Mapping[str, tuple[str, ...]], tree: Any) -> Iterator[tuple[str, Any]]:
+    leaves = dict(_flat(tree))
+    for name, p in names.items():
+        yield name, (p, leaves[p])
+
+
+def _write_all(writes: Any) -> None:
+    """Writes each (object, restored value): graph objects are updated, States replaced;
+    plain pytrees are skipped (they are returned). If one write raises, the objects written
+    before it get their previous values back, so a restore changes all objects or none.
+    Ctrl-C waits until the writes are done."""
+    done: list[tuple[Any, Any]] = []
+    with deferred_interrupt():
+        try:
+            for node, value in writes:
+                if isinstance(node, State):
+                    before = node.to_pure_dict()
+                    node.replace_by_pure_dict(value)
+                elif contains_graph(node):
+                    before = _state(node)
+                    _update(node, value)
+                else:
+                    continue
+                done.append((node, before))
+        except BaseException:
+            for node, before in reversed(done):
+                if isinstance(node, State):
+                    node.replace_by_pure_dict(before)
+                else:
+                    _update(node, before)
+            raise
+
+
 def _placed_like_saved(x: Any, meta: Any) -> Any:
-    """A restore target leaf without a sharding (abstract model) goes where it was saved."""
+    """A restore target leaf without a sharding (abstract model) goes where it was saved, or
+    on the default device (typed PRNG keys, or nothing recorded): orbax needs a sharding to
+    give back a jax array (a typed key) rather than numpy key data."""
     if not isinstance(x, jax.ShapeDtypeStruct) or x.sharding is not None:
         return x
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return x
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_saved_sharding(meta))
+    sharding = None
+    if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        sharding = _saved_sharding(meta)  # of the key data, not the key, for keys
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def _check_savable(name: str, flat: list[tuple[tuple[str, ...], Any]]) -> None:
@@ -252,6 +305,16 @@ def _check_savable(name: str, flat: list[tuple[tuple[str, ...], Any]]) -> None:
             + "\nFix: keep text and other settings in a static attribute (they belong to the "
             "model's configuration), or pass them as save(..., metadata={...})."
         )
+    seen: dict[str, tuple[str, ...]] = {}
+    for p, _ in flat:
+        dotted = ".".join(p)
+        if dotted in seen:  # orbax names its arrays by dotted path: one would overwrite the other
+            raise CheckpointError(
+                f"Checkpointer.save: in {name!r}, the paths {seen[dotted]} and {p} both have the "
+                f"name {dotted!r}, and orbax stores each array under that name, so the step "
+                "could not be read back; nothing was saved. Fix: use dict keys without dots."
+            )
+        seen[dotted] = p
 
 
 def _remove_stale_tmp(directory: str) -> list[str]:
@@ -510,17 +573,10 @@ class Checkpointer:
                     index.check_values(name, _flat(value), os.path.join(step_dir, name))
                 index.check_metadata(saved_metadata, os.path.join(step_dir, _METADATA))
         result: dict[str, Any] = {"step": step, "metadata": saved_metadata}
-        with deferred_interrupt():  # a model is restored whole or not at all
-            for name, node in nodes.items():
-                value = restored[name]
-                if contains_graph(node) and not isinstance(node, State):
-                    _update(node, value)
-                    result[name] = node
-                elif isinstance(node, State):
-                    node.replace_by_pure_dict(value)
-                    result[name] = node
-                else:
-                    result[name] = value
+        _write_all([(node, restored[name]) for name, node in nodes.items()])
+        for name, node in nodes.items():
+            in_place = isinstance(node, State) or contains_graph(node)
+            result[name] = node if in_place else restored[name]
         return result
 
     def _saved_items(
@@ -577,9 +633,9 @@ class Checkpointer:
         for name, node in nodes.items():
             meta, specs = saved[name]
             target = _tree_of(node)
-            saved_paths = {".".join(p): p for p in specs}
-            target_paths = {".".join(p): p for p, _ in _flat(target)}
-            target_specs = {".".join(p): _index.spec_of(v) for p, v in _flat(target)}
+            saved_paths = _dotted(specs, f"step {step}'s {name!r}")
+            target_paths = _dotted(dict(_flat(target)), f"the target {name!r}")
+            target_specs = {n: _index.spec_of(v) for n, (p, v) in _zip_flat(target_paths, target)}
             matched = match(
                 {n: specs[p] for n, p in saved_paths.items()},
                 target_specs,
@@ -629,13 +685,14 @@ class Checkpointer:
         saved_metadata = None
         if _METADATA in names:
             saved_metadata = self._read_item(step, _METADATA, None)
+            if verify and index is not None:
+                with self._damage(step):
+                    index.check_metadata(saved_metadata, os.path.join(step_dir, _METADATA))
         result["metadata"] = saved_metadata
-        reports = {}
-        with deferred_interrupt():  # a model is restored whole or not at all
-            for name, node in nodes.items():
-                _update(node, updates[name])
-                result[name] = node
-                reports[name] = report_of(node, plans[name][1], saved_metadata)
+        # reports before any write: nothing after the writes can fail
+        reports = {name: report_of(nodes[name], plans[name][1], saved_metadata) for name in nodes}
+        _write_all((nodes[name], update) for name, update in updates.items())
+        result.update(nodes)
         result["reports"] = reports
         return result
 

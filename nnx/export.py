@@ -206,20 +206,24 @@ class Exported:
         """
         missing = sorted(set(self.weights) - set(weights))
         unknown = sorted(set(weights) - set(self.weights))
-        differ = [
-            f"{name}: {jnp.dtype(w.dtype).name}{list(w.shape)}, expected "
-            f"{jnp.dtype(self.weights[name].dtype).name}{list(self.weights[name].shape)}"
-            for name, w in weights.items()
-            if name in self.weights
-            and (tuple(w.shape), w.dtype)
-            != (tuple(self.weights[name].shape), self.weights[name].dtype)
-        ]
-        if missing or unknown or differ:
+        problems = [f"missing {name}" for name in missing] + [f"unknown {n}" for n in unknown]
+        for name, w in weights.items():
+            want = self.weights.get(name)
+            if want is None:
+                continue
+            shape, dtype = getattr(w, "shape", None), getattr(w, "dtype", None)
+            if shape is None or dtype is None:
+                problems.append(f"{name}: a {type(w).__name__}, not an array")
+            elif (tuple(shape), jnp.dtype(dtype)) != (tuple(want.shape), jnp.dtype(want.dtype)):
+                problems.append(
+                    f"{name}: {jnp.dtype(dtype).name}{list(shape)}, expected "
+                    f"{jnp.dtype(want.dtype).name}{list(want.shape)}"
+                )
+        if problems:
             raise ExportError(
                 f"Exported.apply({self.model_class}.{self.method}): the weights do not fit "
-                f"the program: missing {missing}, unknown {unknown}, differing {differ}.\n"
-                f"Fix: start from exported.weights and replace values of the same shape and "
-                f"dtype."
+                f"the program: {'; '.join(problems)}.\nFix: start from exported.weights and "
+                f"replace values with arrays of the same shape and dtype."
             )
         return self._call([weights[name] for name in self.weights], *args)
 

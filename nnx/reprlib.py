@@ -144,6 +144,11 @@ def _field(frame: Object, attr: Any) -> str:
             f"__nnx_repr__ yielded {type(attr).__name__} after the Object; every later item "
             "must be an nnx.reprlib.Attr."
         )
+    if attr.use_raw_value and not isinstance(attr.value, str):
+        raise TypeError(
+            f"Attr({attr.key!r}, use_raw_value=True) needs its value as a str, got "
+            f"{type(attr.value).__name__}. Fix: pass the text to show, or drop use_raw_value."
+        )
     shown = attr.value if attr.use_raw_value else _show(attr.value)
     shown = shown.replace("\n", "\n" + frame.indent)  # nested lines move in with the field
     lead = "" if frame.same_line else frame.indent

@@ -350,5 +350,6 @@ def load_safetensors(
         (targets[new].path, to_target(targets[new], arrays[old]))
         for new, old in matched.pairs.items()
     ]
+    report = report_of(node, matched, file.metadata)
     _update(node, from_flat_state(updates))
-    return report_of(node, matched, file.metadata)
+    return report

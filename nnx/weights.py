@@ -24,6 +24,10 @@ The rules, the same for the three:
   says: a mismatch is an error listing all of them, to be left out with a filter (model side)
   or a ``rename`` to None (source side).
 * Nothing is written unless everything checks out: an error leaves the model as it was.
+* What takes part: :func:`copy_weights` and :func:`nnx.load_safetensors` take filters and by
+  default leave RNG state out (weights files do not hold it); a checkpoint restore by name
+  takes every array of the target, RNG state included, and ``rename`` to None drops what the
+  checkpoint should not overwrite.
 
 Example:
   >>> backbone = nnx.Linear(4, 8, rngs=nnx.Rngs(0))
@@ -292,7 +296,7 @@ def match(
             continue
         label = name if new == name else f"{name} (renamed {new})"
         if new in pairs:
-            problems.append(f"{label}: {pairs[new]} is renamed to {new} too")
+            problems.append(f"{new}: two source names load into it, {pairs[new]} and {name}")
             continue
         if new not in target:
             if left_out is None:
@@ -381,11 +385,14 @@ class LoadReport:
 
 
 def report_of(node: Any, matched: Matched, metadata: Mapping[str, Any] | None = None) -> LoadReport:
-    everything = named_leaves(node, (...,), "") if node is not None else {}
+    try:
+        everything = set(named_leaves(node, (...,), ""))
+    except CheckpointError:  # a leaf with a key no name can hold, left out by the filters
+        everything = set(matched.pairs)
     return LoadReport(
         loaded=dict(sorted(matched.pairs.items())),
         skipped=dict(sorted(matched.skipped.items())),
-        untouched=tuple(sorted(set(everything) - set(matched.pairs))),
+        untouched=tuple(sorted(everything - set(matched.pairs))),
         metadata=dict(metadata or {}),
     )
 
@@ -436,15 +443,6 @@ def copy_weights(
     """
     where = f"copy_weights({type(source).__name__} -> {type(node).__name__})"
     sources = named_leaves(source, filters, where)
-    abstract = sorted(
-        n for n, leaf in sources.items() if isinstance(leaf.value, jax.ShapeDtypeStruct)
-    )
-    if abstract:
-        raise CheckpointError(
-            f"{where}: the source's {short_list(abstract, 5).strip()} are abstract "
-            "(ShapeDtypeStruct): there is nothing to copy. Fix: load or initialise the source "
-            "first."
-        )
     targets = named_leaves(node, filters, where)
     matched = match(
         {n: leaf.spec for n, leaf in sources.items()},
@@ -475,6 +473,18 @@ def copy_weights(
             f"{where}: no name in common (source: {sorted(sources)[:3]}..., model: "
             f"{sorted(targets)[:3]}...), so nothing would be copied. Fix: {NO_COMMON_FIX}"
         )
+    abstract = sorted(
+        old
+        for old in matched.pairs.values()
+        if isinstance(sources[old].value, jax.ShapeDtypeStruct)
+    )
+    if abstract:
+        raise CheckpointError(
+            f"{where}: the source's {', '.join(abstract[:5])}{' ...' if len(abstract) > 5 else ''}"
+            " are abstract (ShapeDtypeStruct): there is nothing to copy. Fix: load or "
+            "initialise the source first, or leave them out."
+        )
+    report = report_of(node, matched)  # before writing: nothing after the write can fail
     updates = []
     for new, old in matched.pairs.items():
         value = sources[old].value
@@ -482,4 +492,4 @@ def copy_weights(
             value = jax.random.key_data(value)
         updates.append((targets[new].path, to_target(targets[new], value)))
     _update(node, from_flat_state(updates))
-    return report_of(node, matched)
+    return report

@@ -185,10 +185,12 @@ def test_grads_with_respect_to_the_weights_of_a_loaded_export_equal_nnx_grad() -
 
 def test_apply_checks_the_weights() -> None:
     loaded = nnx.load_exported(nnx.export(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), _x(2)).to_bytes())
-    with pytest.raises(nnx.ExportError, match=r"(?s)missing \['bias'\].*Fix:"):
+    with pytest.raises(nnx.ExportError, match=r"(?s)missing bias\..*Fix:"):
         loaded.apply({"kernel": loaded.weights["kernel"]}, _x(2))
     with pytest.raises(nnx.ExportError, match=r"kernel: float32\[2, 3\], expected float32\[3, 2\]"):
         loaded.apply({**loaded.weights, "kernel": jnp.zeros((2, 3))}, _x(2))
+    with pytest.raises(nnx.ExportError, match=r"unknown extra; kernel: a list, not an array"):
+        loaded.apply({**loaded.weights, "kernel": [1.0], "extra": 1}, _x(2))
     np.testing.assert_allclose(loaded.apply(loaded.weights, _x(4)), loaded(_x(4)))
 
 
