@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import resource
 import threading
-import time
 
 import jax
 import jax.numpy as jnp
@@ -204,9 +203,7 @@ def test_a_ten_billion_parameter_abstract_model_is_not_allocated():
     model = nnx.eval_shape(lambda: nnx.Linear(100_000, 100_000, rngs=nnx.Rngs(0)))
     x = jax.ShapeDtypeStruct((16, 100_000), jnp.float32)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
-    start = time.perf_counter()
     table = nnx.tabulate(model, x, compute_flops=True)
-    elapsed = time.perf_counter() - start
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
     (row, total) = parse(table)
     assert row["Param"] == total["Param"] == "10,000,100,000 (40.0 GB)"
@@ -214,7 +211,6 @@ def test_a_ten_billion_parameter_abstract_model_is_not_allocated():
     flops = int(row["flops"].replace(",", ""))
     assert 0.5 * 2 * 16 * 100_000**2 <= flops <= 2 * 2 * 16 * 100_000**2
     assert grown_mb < 100, f"peak RSS grew by {grown_mb:.0f} MB"
-    assert elapsed < 10, f"took {elapsed:.1f}s"
     assert isinstance(model.kernel.value, jax.ShapeDtypeStruct)  # still abstract
 
 
