@@ -179,6 +179,7 @@ def run_trials(tmp_path: pathlib.Path, trials: int, seed: int) -> dict[str, int]
     return stats
 
 
+@pytest.mark.slow  # about 15 s: two SIGKILL trials (the default run keeps the Ctrl-C tests)
 def test_kill_during_saves_fast(tmp_path):
     stats = run_trials(tmp_path, trials=2, seed=0)
     assert stats["mid_save"] + stats["between"] == 2

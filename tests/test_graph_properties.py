@@ -1,7 +1,7 @@
 """Property-based tests of the graph core (split/merge/state/update/clone and the structure
 cache) on random object graphs with shared submodules, tied Variables and cycles.
 
-Each property runs 500 examples by default and 5,000 in its ``slow`` variant
+Each property runs 300 examples by default and 5,000 in its ``slow`` variant
 (``pytest -m slow``). The graphs come from ``tests/strategies.py``; ``walk`` there is an
 independent traversal, so every check compares nnx against code that does not use nnx's own
 flatten.
@@ -43,7 +43,7 @@ from tests.strategies import (
 )
 
 EXAMPLES = [
-    pytest.param(500, id="500"),
+    pytest.param(300, id="300"),
     pytest.param(5000, id="5k", marks=pytest.mark.slow),
 ]
 

@@ -76,6 +76,7 @@ def unscanned_forward(
     return model.embed.attend(model.norm(h))
 
 
+@pytest.mark.slow  # about 13 s of training
 def test_tiny_run_learns_and_samples(tmp_path):
     pytest.importorskip("tqdm")
     pytest.importorskip("matplotlib")

@@ -33,10 +33,10 @@ must raise ``nnx.errors.TraceContextError`` and leave the caller's objects exact
 were. Loop bodies return the carry as the module they received, a new module holding the same
 attributes, or a deep copy.
 
-Each property runs 150 examples by default and 3,000 in its ``slow`` variant
+Each property runs 100 examples by default and 3,000 in its ``slow`` variant
 (``pytest -m slow``). Compiling is the cost (every new structure traces and compiles, and an
 eager ``cond``/``fori_loop``/``scan`` call compiles every time): about 7-40 ms of CPU per
-example, some 25 CPU-seconds for the default run, so graphs are small (``max_nodes=6``).
+example, some 15 CPU-seconds for the default run, so graphs are small (``max_nodes=6``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from nnx.errors import TraceContextError
 from tests.strategies import GraphRecipe, Node, build_graph, graph_recipes, walk
 from tests.transforms.bodies import loop_ops, make_carry, mirror_ops, ops_lists, run_ops
 
-DEFAULT_EXAMPLES = 150
+DEFAULT_EXAMPLES = 100
 SLOW_EXAMPLES = 3000
 EXAMPLES = [
     pytest.param(DEFAULT_EXAMPLES, id="default"),
