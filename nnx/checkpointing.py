@@ -231,25 +231,28 @@ def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _dotted(paths: Mapping[tuple[str, ...], Any], what: str) -> dict[str, tuple[str, ...]]:
-    """Dotted name -> path; two paths with one name (a dict key with a dot) are an error."""
+_BY_NAME_CLASH = (
+    "restore(strict=False / rename=): in {what}, the paths {a} and {b} both have the name "
+    "{name!r}, so loading by name cannot tell them apart. Fix: restore with strict=True (by "
+    "structure)."
+)
+_SAVE_CLASH = (
+    "Checkpointer.save: in {what}, the paths {a} and {b} both have the name {name!r}, and "
+    "orbax stores each array under that name, so the step could not be read back; nothing "
+    "was saved. Fix: use dict keys without dots."
+)
+
+
+def _dotted(paths: Any, what: str, clash: str) -> dict[str, tuple[str, ...]]:
+    """Dotted name -> path, as orbax names arrays; two paths with one name (a dict key with a
+    dot) raise CheckpointError with the message `clash` (formatted with what, a, b, name)."""
     out: dict[str, tuple[str, ...]] = {}
     for p in paths:
         name = ".".join(p)
         if name in out:
-            raise CheckpointError(
-                f"restore(strict=False / rename=): in {what}, the paths {out[name]} and {p} "
-                f"both have the name {name!r}, so loading by name cannot tell them apart. "
-                "Fix: restore with strict=True (by structure)."
-            )
+            raise CheckpointError(clash.format(what=what, a=out[name], b=p, name=name))
         out[name] = p
     return out
-
-
-def _zip_flat(names: Mapping[str, tuple[str, ...]], tree: Any) -> Iterator[tuple[str, Any]]:
-    leaves = dict(_flat(tree))
-    for name, p in names.items():
-        yield name, (p, leaves[p])
 
 
 def _write_all(writes: Any) -> None:
@@ -305,16 +308,7 @@ def _check_savable(name: str, flat: list[tuple[tuple[str, ...], Any]]) -> None:
             + "\nFix: keep text and other settings in a static attribute (they belong to the "
             "model's configuration), or pass them as save(..., metadata={...})."
         )
-    seen: dict[str, tuple[str, ...]] = {}
-    for p, _ in flat:
-        dotted = ".".join(p)
-        if dotted in seen:  # orbax names its arrays by dotted path: one would overwrite the other
-            raise CheckpointError(
-                f"Checkpointer.save: in {name!r}, the paths {seen[dotted]} and {p} both have the "
-                f"name {dotted!r}, and orbax stores each array under that name, so the step "
-                "could not be read back; nothing was saved. Fix: use dict keys without dots."
-            )
-        seen[dotted] = p
+    _dotted([p for p, _ in flat], repr(name), _SAVE_CLASH)  # one array would overwrite another
 
 
 def _remove_stale_tmp(directory: str) -> list[str]:
@@ -633,9 +627,10 @@ class Checkpointer:
         for name, node in nodes.items():
             meta, specs = saved[name]
             target = _tree_of(node)
-            saved_paths = _dotted(specs, f"step {step}'s {name!r}")
-            target_paths = _dotted(dict(_flat(target)), f"the target {name!r}")
-            target_specs = {n: _index.spec_of(v) for n, (p, v) in _zip_flat(target_paths, target)}
+            target_flat = dict(_flat(target))
+            saved_paths = _dotted(specs, f"step {step}'s {name!r}", _BY_NAME_CLASH)
+            target_paths = _dotted(target_flat, f"the target {name!r}", _BY_NAME_CLASH)
+            target_specs = {n: _index.spec_of(target_flat[p]) for n, p in target_paths.items()}
             matched = match(
                 {n: specs[p] for n, p in saved_paths.items()},
                 target_specs,
@@ -774,13 +769,13 @@ class Checkpointer:
             raise _index.Damaged(folder, f"orbax finds no arrays in {name!r} (damaged manifest)")
         return dict(_flat(tree))
 
-    def _read_item(self, step: int, name: str, target: Any) -> Any:
-        """Item `name` of `step` through orbax; a failure to read is damage, said so."""
-        ocp = _ocp()
-        args = ocp.args.JsonRestore() if name == _METADATA else ocp.args.StandardRestore(target)
+    @contextmanager
+    def _reading(self, step: int, name: str) -> Iterator[None]:
+        """Reading item `name` of `step` through orbax: quiet, and a failure is damage, said
+        so (the step, the item's folder and orbax's reason)."""
         try:
             with _quiet(reading=True):
-                return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+                yield
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as err:
@@ -789,6 +784,13 @@ class Checkpointer:
                 os.path.join(self.directory, str(step), name),
                 f"orbax cannot read {name!r} ({type(err).__name__}: {_first_line(err)})",
             ) from None
+
+    def _read_item(self, step: int, name: str, target: Any) -> Any:
+        """Item `name` of `step` through orbax; a failure to read is damage, said so."""
+        ocp = _ocp()
+        args = ocp.args.JsonRestore() if name == _METADATA else ocp.args.StandardRestore(target)
+        with self._reading(step, name):
+            return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
 
     def _read_part(self, step: int, name: str, item: dict) -> Any:
         """The arrays of `item` (a sub-tree of item `name`'s saved tree) and nothing else:
@@ -802,14 +804,8 @@ class Checkpointer:
             restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True,
         )
-        try:
-            with _quiet(reading=True):
-                return ocp.PyTreeCheckpointHandler().restore(epath.Path(folder), args=args)
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as err:
-            what = f"orbax cannot read {name!r} ({type(err).__name__}: {_first_line(err)})"
-            raise self._corrupt(step, folder, what) from None
+        with self._reading(step, name):
+            return ocp.PyTreeCheckpointHandler().restore(epath.Path(folder), args=args)
 
     # -- bookkeeping --------------------------------------------------------------------
     def latest_step(self) -> int | None:

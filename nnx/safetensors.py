@@ -74,13 +74,11 @@ from .weights import (
     Leaf,
     LoadReport,
     Rename,
-    describe_spec,
-    match,
+    match_leaves,
     mismatch_error,
     named_leaves,
     report_of,
     to_target,
-    unselected_names,
 )
 
 __all__ = [
@@ -307,19 +305,17 @@ def load_safetensors(
     where = f"load_safetensors({path!r})"
     targets = named_leaves(node, filters, where)
     default_hint = "" if filters else " (by default RNG state is not loaded; pass ...)"
-    matched = match(
+    matched = match_leaves(
         {
             name: (entry.shape, entry.dtype, saved_keys.get(name))
             for name, entry in file.entries.items()
         },
-        {name: leaf.spec for name, leaf in targets.items()},
+        node,
+        targets,
         rename=rename,
         strict=strict,
         where=where,
         source_kind="file",
-        describe_source=describe_spec,
-        describe_target=describe_spec,
-        unselected=lambda: unselected_names(node, targets),
     )
     if matched.problems:
         problems = [

@@ -326,6 +326,31 @@ def match(
     return Matched(pairs, skipped, problems)
 
 
+def match_leaves(
+    source: Mapping[str, Spec],
+    node: Any,
+    targets: Mapping[str, Leaf],
+    *,
+    rename: Rename | None,
+    strict: bool,
+    where: str,
+    source_kind: str,
+) -> Matched:
+    """:func:`match` of named tensors (their :data:`Spec`) against a model's selected leaves,
+    as ``copy_weights`` and ``load_safetensors`` do."""
+    return match(
+        source,
+        {name: leaf.spec for name, leaf in targets.items()},
+        rename=rename,
+        strict=strict,
+        where=where,
+        source_kind=source_kind,
+        describe_source=describe_spec,
+        describe_target=describe_spec,
+        unselected=lambda: unselected_names(node, targets),
+    )
+
+
 def mismatch_error(where: str, what: str, problems: list[str], fixes: list[str]) -> Exception:
     """The one error for a source that does not fit: every difference, and the fixes."""
     numbered = "".join(f"\n  {i}. {fix}" for i, fix in enumerate(fixes, 1))
@@ -444,16 +469,14 @@ def copy_weights(
     where = f"copy_weights({type(source).__name__} -> {type(node).__name__})"
     sources = named_leaves(source, filters, where)
     targets = named_leaves(node, filters, where)
-    matched = match(
+    matched = match_leaves(
         {n: leaf.spec for n, leaf in sources.items()},
-        {n: leaf.spec for n, leaf in targets.items()},
+        node,
+        targets,
         rename=rename,
         strict=strict,
         where=where,
         source_kind="source",
-        describe_source=describe_spec,
-        describe_target=describe_spec,
-        unselected=lambda: unselected_names(node, targets),
     )
     if matched.problems:
         raise mismatch_error(
